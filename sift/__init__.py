@@ -1,0 +1,40 @@
+"""sift: learned and training-free audio/video token compression for omni-modal LLMs.
+
+The public API:
+
+- `sift.build_layout` / `sift.TokenLayout`: the audio/video token layout of a Qwen2.5-Omni input in 2 s windows.
+- `sift.get_compressor(name, retention=...)`: a token-selection method (`available_compressors()` lists them).
+- `with sift.compress(model, compressor) as session:` applies it to a stock transformers model.
+"""
+
+from sift.compressors import (
+    CompressionBatch,
+    Compressor,
+    Selection,
+    available_compressors,
+    get_compressor,
+    register,
+)
+from sift.layout import Frame, RowLayout, Segment, TokenLayout, Window, build_layout
+from sift.plugin import SUPPORTED_MODELS, CompressionSession, CompressionStats, compress
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "build_layout",
+    "TokenLayout",
+    "RowLayout",
+    "Segment",
+    "Window",
+    "Frame",
+    "Compressor",
+    "CompressionBatch",
+    "Selection",
+    "get_compressor",
+    "available_compressors",
+    "register",
+    "compress",
+    "CompressionSession",
+    "CompressionStats",
+    "SUPPORTED_MODELS",
+]

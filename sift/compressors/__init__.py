@@ -1,0 +1,15 @@
+"""Token-selection methods. Importing this package registers every built-in method."""
+
+from sift.compressors.base import CompressionBatch, Compressor, Selection, keep_count
+from sift.compressors.registry import available_compressors, get_compressor, register
+from sift.compressors import identity, random  # noqa: F401  (registration)
+
+__all__ = [
+    "Compressor",
+    "CompressionBatch",
+    "Selection",
+    "keep_count",
+    "register",
+    "get_compressor",
+    "available_compressors",
+]

@@ -1,0 +1,43 @@
+"""Name -> compressor class, so configs and the CLI can say `method: omnizip`."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, TypeVar
+
+__all__ = ["register", "get_compressor", "available_compressors"]
+
+_REGISTRY: dict[str, type] = {}
+T = TypeVar("T", bound=type)
+
+
+def register(name: str) -> Callable[[T], T]:
+    """Class decorator adding a compressor under `name`."""
+
+    def wrap(cls: T) -> T:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"a compressor named {name!r} is already registered ({_REGISTRY[name].__name__})")
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def available_compressors() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_compressor(name: str, retention: float = 1.0, **kwargs: Any):
+    """Build a registered compressor.
+
+    Args:
+        name: one of `available_compressors()`.
+        retention: fraction of audio+video tokens kept, in (0, 1].
+        **kwargs: method-specific options (e.g. `seed` for `random`).
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown compressor {name!r}; available: {', '.join(available_compressors())}")
+    cls = _REGISTRY[name]
+    try:
+        return cls(retention=retention, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{name}: {e}") from None

@@ -1,0 +1,397 @@
+"""The audio/video token layout of a Qwen2.5-Omni thinker input, cut into time windows.
+
+This is the one data structure every compressor consumes: per batch row, the media segments (a video
+with its audio track, a silent video, a standalone audio clip), each cut into windows of
+`seconds_per_chunk` (2 s), and per window the sequence positions of its audio tokens and of its video
+tokens grouped by temporal grid ("frame") with each token's (h, w) cell.
+
+It is derived from `input_ids` with the same rules `get_rope_index` and the processor use to interleave
+audio and video (`get_chunked_index`: a new chunk starts at the first token whose temporal position
+reaches the next multiple of `position_id_per_seconds * seconds_per_chunk`), and the token pattern of
+every segment is checked against those rules, so the layout and the model's 3D positions cannot
+disagree silently. Images are left alone: they are not part of any window.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+__all__ = ["Frame", "Window", "Segment", "RowLayout", "TokenLayout", "build_layout", "audio_tokens_from_features"]
+
+SegmentKind = Literal["audio_in_video", "video", "audio"]
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One temporal grid (2 raw frames) of a video inside a window."""
+
+    positions: torch.Tensor  # (n,) sequence indices, row-major over (h, w)
+    hw: torch.Tensor  # (n, 2) the (h, w) cell of each token on the merged grid
+    t: int  # temporal grid index within its video
+    grid: tuple[int, int]  # merged grid size (h, w)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.positions.numel())
+
+
+@dataclass(frozen=True)
+class Window:
+    """One time window (2 s by default) of a media segment."""
+
+    index: int  # window index within its segment (window i covers [i * 2 s, (i + 1) * 2 s))
+    audio: torch.Tensor  # (n_a,) sequence indices of the window's audio tokens, in order
+    frames: tuple[Frame, ...]  # the window's video frames, in temporal order
+    audio_offset: int  # index of the window's first audio token within its audio item
+    audio_item: int  # index of the audio item in the batch (row of `feature_attention_mask`), -1 if none
+    video_item: int  # index of the video in the batch (row of `video_grid_thw`), -1 if none
+
+    @property
+    def video(self) -> torch.Tensor:
+        """Sequence indices of all video tokens of the window, frame after frame."""
+        if not self.frames:
+            return self.audio.new_empty(0)
+        return torch.cat([f.positions for f in self.frames])
+
+    @property
+    def num_audio(self) -> int:
+        return int(self.audio.numel())
+
+    @property
+    def num_video(self) -> int:
+        return sum(f.num_tokens for f in self.frames)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_audio + self.num_video
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A contiguous run of media tokens: a video with its audio, a silent video, or an audio clip."""
+
+    kind: SegmentKind
+    start: int  # sequence index of the first media token
+    end: int  # one past the last media token
+    windows: tuple[Window, ...]
+    video_item: int = -1
+    audio_item: int = -1
+
+
+@dataclass
+class RowLayout:
+    """The media segments of one batch row."""
+
+    segments: list[Segment]
+    length: int  # number of non-padding tokens in the row
+
+    @property
+    def windows(self) -> list[Window]:
+        return [w for s in self.segments for w in s.windows]
+
+    @property
+    def num_audio(self) -> int:
+        return sum(w.num_audio for w in self.windows)
+
+    @property
+    def num_video(self) -> int:
+        return sum(w.num_video for w in self.windows)
+
+    @property
+    def num_tokens(self) -> int:
+        return self.num_audio + self.num_video
+
+    def audio_positions(self) -> torch.Tensor:
+        parts = [w.audio for w in self.windows]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+
+    def video_positions(self) -> torch.Tensor:
+        parts = [w.video for w in self.windows]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.long)
+
+
+@dataclass
+class TokenLayout:
+    """Windows of every batch row of one thinker input."""
+
+    rows: list[RowLayout]
+    seq_len: int
+    seconds_per_chunk: float = 2.0
+    _masks: dict[str, torch.Tensor] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.rows)
+
+    @property
+    def num_tokens(self) -> int:
+        """Audio and video tokens in the whole batch."""
+        return sum(r.num_tokens for r in self.rows)
+
+    @property
+    def is_empty(self) -> bool:
+        return self.num_tokens == 0
+
+    def _mask(self, kind: str) -> torch.Tensor:
+        if kind not in self._masks:
+            mask = torch.zeros(self.batch_size, self.seq_len, dtype=torch.bool)
+            for b, row in enumerate(self.rows):
+                if kind in ("audio", "media"):
+                    mask[b, row.audio_positions()] = True
+                if kind in ("video", "media"):
+                    mask[b, row.video_positions()] = True
+            self._masks[kind] = mask
+        return self._masks[kind]
+
+    def audio_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(B, L) bool: True at audio tokens."""
+        return self._mask("audio").to(device or "cpu")
+
+    def video_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(B, L) bool: True at video tokens."""
+        return self._mask("video").to(device or "cpu")
+
+    def media_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """(B, L) bool: True at the tokens a compressor may drop (audio and video, never images or text)."""
+        return self._mask("media").to(device or "cpu")
+
+
+def audio_tokens_from_features(feature_lengths: torch.Tensor) -> torch.Tensor:
+    """Audio tokens the encoder emits for mel-feature lengths (conv stride 2, then avg-pool by 2)."""
+    return ((feature_lengths - 1) // 2 + 1 - 2) // 2 + 1
+
+
+def _chunk_ids(values: list[int], tokens_per_chunk: int) -> list[int]:
+    """Chunk index of each value, advancing at most one chunk per value like `get_chunked_index`."""
+    ids, chunk = [], 0
+    for v in values:
+        if v >= (chunk + 1) * tokens_per_chunk:
+            chunk += 1
+        ids.append(chunk)
+    return ids
+
+
+def _thinker_config(config: Any) -> Any:
+    return getattr(config, "thinker_config", config)
+
+
+def build_layout(
+    input_ids: torch.Tensor,
+    config: Any,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    video_grid_thw: torch.Tensor | None = None,
+    video_second_per_grid: torch.Tensor | list[float] | None = None,
+    feature_attention_mask: torch.Tensor | None = None,
+    audio_feature_lengths: torch.Tensor | None = None,
+    use_audio_in_video: bool | None = None,
+) -> TokenLayout:
+    """Parse a thinker input into its time windows.
+
+    Args:
+        input_ids: (B, L) token ids as produced by `Qwen2_5OmniProcessor` (left or right padded).
+        config: a `Qwen2_5OmniThinkerConfig` (or a full `Qwen2_5OmniConfig`); token ids, spatial merge size,
+            `position_id_per_seconds` and `seconds_per_chunk` are read from it.
+        attention_mask: (B, L); padding (0) is skipped.
+        video_grid_thw: (num_videos, 3) grids of all videos of the batch, in order of appearance.
+        video_second_per_grid: seconds per temporal grid of each video.
+        feature_attention_mask / audio_feature_lengths: audio mel lengths, used to check audio token counts.
+        use_audio_in_video: the flag given to the model; checked against the token pattern when given.
+
+    Raises:
+        ValueError: when the tokens do not follow the layout the model's position rules assume
+            (wrong counts, missing grids, a silent video under `use_audio_in_video=True`, ...).
+    """
+    cfg = _thinker_config(config)
+    audio_id, video_id = cfg.audio_token_id, cfg.video_token_id
+    merge = cfg.vision_config.spatial_merge_size
+    per_second = cfg.position_id_per_seconds
+    seconds_per_chunk = cfg.seconds_per_chunk
+    tokens_per_chunk = int(per_second * seconds_per_chunk)
+
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
+    ids_cpu = input_ids.detach().cpu()
+    valid = (
+        torch.ones_like(ids_cpu, dtype=torch.bool) if attention_mask is None else attention_mask.detach().cpu() == 1
+    )
+    if valid.shape != ids_cpu.shape:
+        raise ValueError(f"attention_mask shape {tuple(valid.shape)} != input_ids shape {tuple(ids_cpu.shape)}")
+
+    grids = None if video_grid_thw is None else video_grid_thw.detach().cpu().long()
+    if video_second_per_grid is not None and not torch.is_tensor(video_second_per_grid):
+        video_second_per_grid = torch.tensor(video_second_per_grid)
+    spgs = None if video_second_per_grid is None else video_second_per_grid.detach().cpu().float().reshape(-1)
+    if feature_attention_mask is not None:
+        audio_feature_lengths = feature_attention_mask.sum(-1)
+    audio_counts = None
+    if audio_feature_lengths is not None:
+        audio_counts = audio_tokens_from_features(audio_feature_lengths.detach().cpu().long()).tolist()
+
+    video_idx, audio_idx = 0, 0
+    rows: list[RowLayout] = []
+    for b in range(ids_cpu.shape[0]):
+        pos = torch.nonzero(valid[b]).squeeze(1)
+        toks = ids_cpu[b, pos]
+        is_audio = toks == audio_id
+        is_video = toks == video_id
+        media = (is_audio | is_video).tolist()
+        segments: list[Segment] = []
+        i, n = 0, len(media)
+        while i < n:
+            if not media[i]:
+                i += 1
+                continue
+            j = i
+            while j < n and media[j]:
+                j += 1
+            run_pos = pos[i:j]
+            run_audio = is_audio[i:j]
+            has_a, has_v = bool(run_audio.any()), bool((~run_audio).any())
+            if has_v:
+                if grids is None:
+                    raise ValueError(f"row {b}: input_ids hold video tokens but video_grid_thw was not given")
+                if video_idx >= grids.shape[0]:
+                    raise ValueError(
+                        f"row {b}: found video #{video_idx} in input_ids but video_grid_thw has {grids.shape[0]} entries"
+                    )
+                if use_audio_in_video and not has_a:
+                    raise ValueError(
+                        f"row {b}: video #{video_idx} has no audio tokens but use_audio_in_video=True; "
+                        "process silent videos with load_audio_from_video=False"
+                    )
+                if use_audio_in_video is False and has_a:
+                    raise ValueError(
+                        f"row {b}: video #{video_idx} is interleaved with audio but use_audio_in_video=False"
+                    )
+            if has_a and audio_counts is not None:
+                if audio_idx >= len(audio_counts):
+                    raise ValueError(
+                        f"row {b}: found audio #{audio_idx} in input_ids but only {len(audio_counts)} audio inputs"
+                    )
+                n_a = int(run_audio.sum())
+                if n_a != audio_counts[audio_idx]:
+                    raise ValueError(
+                        f"row {b}: audio #{audio_idx} has {n_a} tokens in input_ids but its features give "
+                        f"{audio_counts[audio_idx]}"
+                    )
+            kind: SegmentKind = "audio_in_video" if (has_a and has_v) else ("video" if has_v else "audio")
+            windows = _segment_windows(
+                kind,
+                run_pos,
+                run_audio,
+                grid=grids[video_idx].tolist() if has_v else None,
+                second_per_grid=(spgs[video_idx] if spgs is not None else None) if has_v else None,
+                merge=merge,
+                per_second=per_second,
+                tokens_per_chunk=tokens_per_chunk,
+                video_item=video_idx if has_v else -1,
+                audio_item=audio_idx if has_a else -1,
+                where=f"row {b}, {kind} segment at position {int(run_pos[0])}",
+            )
+            segments.append(
+                Segment(
+                    kind=kind,
+                    start=int(run_pos[0]),
+                    end=int(run_pos[-1]) + 1,
+                    windows=tuple(windows),
+                    video_item=video_idx if has_v else -1,
+                    audio_item=audio_idx if has_a else -1,
+                )
+            )
+            video_idx += int(has_v)
+            audio_idx += int(has_a)
+            i = j
+        rows.append(RowLayout(segments=segments, length=int(pos.numel())))
+
+    if grids is not None and video_idx != grids.shape[0]:
+        raise ValueError(f"video_grid_thw has {grids.shape[0]} videos but input_ids hold {video_idx}")
+    if audio_counts is not None and audio_idx != len(audio_counts):
+        raise ValueError(f"{len(audio_counts)} audio inputs were given but input_ids hold {audio_idx}")
+    return TokenLayout(rows=rows, seq_len=ids_cpu.shape[1], seconds_per_chunk=float(seconds_per_chunk))
+
+
+def _segment_windows(
+    kind: SegmentKind,
+    run_pos: torch.Tensor,
+    run_audio: torch.Tensor,
+    *,
+    grid: list[int] | None,
+    second_per_grid: torch.Tensor | None,
+    merge: int,
+    per_second: float,
+    tokens_per_chunk: int,
+    video_item: int,
+    audio_item: int,
+    where: str,
+) -> list[Window]:
+    """Cut one media run into windows, checking its token pattern against the chunking rule."""
+    n_audio = int(run_audio.sum())
+    audio_chunks = _chunk_ids(list(range(n_audio)), tokens_per_chunk)
+    frame_chunks: list[int] = []
+    per_frame, h, w, t_grids = 0, 0, 0, 0
+    if grid is not None:
+        t_grids, h, w = grid[0], grid[1] // merge, grid[2] // merge
+        per_frame = h * w
+        n_video = len(run_audio) - n_audio
+        if n_video != t_grids * per_frame:
+            raise ValueError(
+                f"{where}: {n_video} video tokens but video_grid_thw {grid} with merge {merge} gives "
+                f"{t_grids * per_frame}"
+            )
+        if second_per_grid is None:
+            raise ValueError(f"{where}: video_second_per_grid is required to place video tokens in time")
+        # Same arithmetic as get_rope_index: float32 seconds * positions per second, truncated.
+        t_index = (torch.arange(t_grids) * second_per_grid.float() * per_second).long().tolist()
+        frame_chunks = _chunk_ids(t_index, tokens_per_chunk)
+
+    n_windows = max(frame_chunks[-1] + 1 if frame_chunks else 0, audio_chunks[-1] + 1 if audio_chunks else 0)
+    # Chunk ids never decrease, so each window owns a contiguous range of frames and of audio tokens.
+    frames_per_window = torch.bincount(torch.tensor(frame_chunks, dtype=torch.long), minlength=n_windows).tolist()
+    audio_per_window = torch.bincount(torch.tensor(audio_chunks, dtype=torch.long), minlength=n_windows).tolist()
+    frame_start = [0] + list(itertools.accumulate(frames_per_window))
+    audio_start = [0] + list(itertools.accumulate(audio_per_window))
+
+    # Expected token pattern: per window, its video tokens then its audio tokens (processor order).
+    if kind == "audio_in_video":
+        expected = torch.cat(
+            [
+                torch.tensor([False] * (frames_per_window[j] * per_frame) + [True] * audio_per_window[j])
+                for j in range(n_windows)
+            ]
+        )
+        if not torch.equal(expected, run_audio):
+            raise ValueError(
+                f"{where}: audio and video tokens are not interleaved in {tokens_per_chunk / per_second:g}-second "
+                "chunks as get_rope_index expects (was the input made with load_audio_from_video / "
+                "use_audio_in_video consistently?)"
+            )
+
+    hw = None
+    if per_frame:
+        hw = torch.stack(
+            [torch.arange(h).repeat_interleave(w), torch.arange(w).repeat(h)], dim=1
+        )  # (h*w, 2), row-major like get_llm_pos_ids_for_vision
+    video_pos = run_pos[~run_audio]
+    audio_pos = run_pos[run_audio]
+    windows = []
+    for j in range(n_windows):
+        frames = tuple(
+            Frame(positions=video_pos[t * per_frame : (t + 1) * per_frame], hw=hw, t=t, grid=(h, w))
+            for t in range(frame_start[j], frame_start[j + 1])
+        )
+        windows.append(
+            Window(
+                index=j,
+                audio=audio_pos[audio_start[j] : audio_start[j + 1]],
+                frames=frames,
+                audio_offset=audio_start[j],
+                audio_item=audio_item if audio_per_window[j] else -1,
+                video_item=video_item if frames else -1,
+            )
+        )
+    return windows

@@ -1,0 +1,396 @@
+"""`sift.compress`: apply a compressor to a stock transformers Qwen2.5-Omni, with hooks only.
+
+No modeling file is copied. Three hooks on the thinker do the work and are removed on exit:
+
+- a pre-hook on the thinker parses the token layout of a prefill call, sets aside `labels`, and on later
+  calls that continue a compressed KV cache translates the full-length attention mask (which `generate`
+  and multi-turn users keep growing) into the compressed one;
+- a pre-hook on the language model (after the encoders ran and their features were scattered in, and
+  after the model computed the 3D rope positions of the FULL sequence) asks the compressor which tokens
+  survive, drops the others from embeddings, attention mask and positions, and re-pads the batch.
+  Survivors keep their original 3D positions, so decoding continues at max position + 1 as usual;
+- a post-hook on the thinker computes the loss over the kept sequence with labels shrunk the same way.
+
+The returned logits and hidden states cover the kept sequence; `session.stats.kept_positions` maps them
+back to the input positions.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils.hooks import RemovableHandle
+from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniThinkerForConditionalGeneration
+
+from sift.compressors import CompressionBatch, Compressor, Selection, get_compressor
+from sift.layout import TokenLayout, build_layout
+
+__all__ = ["compress", "CompressionSession", "CompressionStats", "SUPPORTED_MODELS"]
+
+SUPPORTED_MODELS = (Qwen2_5OmniThinkerForConditionalGeneration, Qwen2_5OmniForConditionalGeneration)
+_LAYOUT_KEYS = (
+    "video_grid_thw",
+    "video_second_per_grid",
+    "feature_attention_mask",
+    "audio_feature_lengths",
+    "use_audio_in_video",
+)
+
+
+@dataclass
+class CompressionStats:
+    """What one compressed prefill call did, per batch row."""
+
+    audio_before: list[int]
+    audio_after: list[int]
+    video_before: list[int]
+    video_after: list[int]
+    tokens_before: list[int]  # non-padding tokens of the row (text included)
+    tokens_after: list[int]
+    selection_time_s: float  # the compressor's `select` plus the re-indexing
+    kept_positions: list[torch.Tensor] = field(repr=False)  # per row, input positions of the kept tokens
+
+    @property
+    def retention(self) -> float:
+        """Achieved fraction of audio+video tokens kept over the batch."""
+        before = sum(self.audio_before) + sum(self.video_before)
+        return 1.0 if before == 0 else (sum(self.audio_after) + sum(self.video_after)) / before
+
+    def row_retention(self, row: int) -> float:
+        before = self.audio_before[row] + self.video_before[row]
+        return 1.0 if before == 0 else (self.audio_after[row] + self.video_after[row]) / before
+
+
+@dataclass
+class _Prefill:
+    """State of the prefill call in flight, from the thinker pre-hook to its post-hook."""
+
+    layout: TokenLayout
+    input_ids: torch.Tensor
+    labels: torch.Tensor | None
+    loss_kwargs: dict[str, Any]
+    full_mask: torch.Tensor | None = None  # (B, L) the input attention mask
+    kept_mask: torch.Tensor | None = None  # (B, K) attention mask after selection and re-padding
+    slots: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (row, input pos, kept slot)
+    rope_deltas: torch.Tensor | None = None  # (B, 1) max position + 1 - length, full-sequence convention
+    stats: CompressionStats | None = None
+
+
+@dataclass
+class _CacheState:
+    """How a compressed KV cache relates to the full-length history `generate` keeps track of."""
+
+    full_len: int  # input length of the compressed prefill
+    full_mask: torch.Tensor  # (B, full_len)
+    kept_mask: torch.Tensor  # (B, K)
+    rope_deltas: torch.Tensor  # (B, 1)
+
+    @property
+    def offset(self) -> int:
+        return self.full_len - self.kept_mask.shape[1]
+
+
+class CompressionSession:
+    """Context manager returned by `sift.compress`; holds the hooks and the per-call statistics."""
+
+    def __init__(self, model: torch.nn.Module, compressor: Compressor):
+        if not isinstance(model, SUPPORTED_MODELS):
+            names = ", ".join(c.__name__ for c in SUPPORTED_MODELS)
+            raise TypeError(f"sift.compress supports {names}; got {type(model).__name__}")
+        if not isinstance(compressor, Compressor):
+            raise TypeError(f"expected a sift Compressor, got {type(compressor).__name__}")
+        self.model = model
+        self.thinker = model.thinker if isinstance(model, Qwen2_5OmniForConditionalGeneration) else model
+        self.compressor = compressor
+        self.stats: CompressionStats | None = None
+        self.history: list[CompressionStats] = []
+        self.signals: dict[str, Any] = {}
+        self._handles: list[RemovableHandle] = []
+        self._prefill: _Prefill | None = None
+        self._caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._warned_no_ids = False
+        self._generate_inputs: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ context
+    def __enter__(self) -> "CompressionSession":
+        if getattr(self.thinker, "_sift_session", None) is not None:
+            raise RuntimeError("this model is already inside a sift.compress context")
+        thinker = self.thinker
+        try:
+            self._handles = [
+                thinker.register_forward_pre_hook(self._before_thinker, with_kwargs=True),
+                thinker.model.language_model.register_forward_pre_hook(self._before_language_model, with_kwargs=True),
+                thinker.register_forward_hook(self._after_thinker, with_kwargs=True),
+            ]
+            self._handles += self.compressor.attach(thinker, self.signals)
+            session = self
+            prepare, generate = type(thinker).prepare_inputs_for_generation, type(thinker).generate
+
+            @functools.wraps(prepare)
+            def prepare_inputs_for_generation(*args: Any, **kwargs: Any) -> dict[str, Any]:
+                return prepare(thinker, *args, **session._fix_continuation_slice(args, kwargs))
+
+            @functools.wraps(generate)
+            def generate_with_layout(*args: Any, **kwargs: Any) -> Any:
+                # generate() encodes images/videos up front and drops their grids (and an all-ones mask)
+                # before the prefill forward: keep what the layout needs for the duration of the call.
+                session._generate_inputs = {k: kwargs.get(k) for k in _LAYOUT_KEYS}
+                try:
+                    return generate(thinker, *args, **kwargs)
+                finally:
+                    session._generate_inputs = {}
+
+            thinker.prepare_inputs_for_generation = prepare_inputs_for_generation
+            thinker.generate = generate_with_layout
+            thinker._sift_session = self
+        except BaseException:
+            self._remove()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._remove()
+
+    def _remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        for name in ("prepare_inputs_for_generation", "generate"):
+            self.thinker.__dict__.pop(name, None)
+        self.thinker.__dict__.pop("_sift_session", None)
+        self._prefill = None
+
+    # ------------------------------------------------------------------ hooks
+    def _before_thinker(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        if args:
+            if len(args) > 1:
+                raise TypeError("inside sift.compress, pass model inputs as keyword arguments")
+            kwargs = {"input_ids": args[0], **kwargs}
+        self._prefill = None
+        input_ids = kwargs.get("input_ids")
+        cache = kwargs.get("past_key_values")
+        past_len = cache.get_seq_length() if cache is not None else 0
+        state = self._cache_state(cache)
+        if state is not None and past_len > 0:
+            return (), self._continue(kwargs, state, past_len)
+        if past_len > 0:
+            return (), kwargs  # a cache sift did not make: leave it alone
+        if input_ids is None:
+            if not self._warned_no_ids:
+                warnings.warn("sift.compress: a call without input_ids cannot be parsed, nothing is compressed")
+                self._warned_no_ids = True
+            return (), kwargs
+        attention_mask = kwargs.get("attention_mask")
+        if attention_mask is None:
+            # The stock model computes 3D positions only with a mask; give it the trivial one.
+            attention_mask = torch.ones_like(input_ids)
+            kwargs["attention_mask"] = attention_mask
+        given = {k: kwargs.get(k) if kwargs.get(k) is not None else self._generate_inputs.get(k) for k in _LAYOUT_KEYS}
+        layout = build_layout(input_ids, self.thinker.config, attention_mask=attention_mask, **given)
+        if layout.is_empty:
+            return (), kwargs
+        self.signals.clear()
+        loss_keys = ("num_items_in_batch", "ignore_index")
+        self._prefill = _Prefill(
+            layout=layout,
+            input_ids=input_ids,
+            labels=kwargs.pop("labels", None),
+            loss_kwargs={k: kwargs[k] for k in loss_keys if k in kwargs},
+            full_mask=attention_mask,
+        )
+        return (), kwargs
+
+    def _before_language_model(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        p = self._prefill
+        if p is None:
+            return args, kwargs
+        embeds, positions, mask = kwargs.get("inputs_embeds"), kwargs.get("position_ids"), kwargs.get("attention_mask")
+        if embeds is None or positions is None or not torch.is_tensor(mask) or mask.ndim != 2:
+            raise RuntimeError(
+                "sift.compress needs the language model to receive inputs_embeds, 3D position_ids and a 2D "
+                "attention mask (static caches with prepared 4D masks are not supported)"
+            )
+        pos3 = positions[1:] if positions.shape[0] == 4 else positions
+        start = time.perf_counter()
+        batch = CompressionBatch(
+            embeds=embeds,
+            layout=p.layout,
+            input_ids=p.input_ids,
+            attention_mask=mask,
+            position_ids=pos3,
+            signals=self.signals,
+        )
+        selection = self.compressor.select(batch)
+        self._check(selection, batch)
+        if selection.embeds is not None:
+            embeds = selection.embeds
+        valid = mask.bool()
+        keep = selection.keep & valid
+        p.rope_deltas = _rope_deltas(pos3, valid)
+        if bool((keep == valid).all()):
+            slots = torch.nonzero(valid, as_tuple=True)
+            p.slots = (slots[0], slots[1], slots[1])
+            p.kept_mask = mask
+            kwargs["inputs_embeds"] = embeds
+        else:
+            kwargs.update(self._shrink(embeds, pos3, positions.shape[0] == 4, mask, keep, p))
+        if embeds.is_cuda:
+            torch.cuda.synchronize(embeds.device)
+        elapsed = time.perf_counter() - start
+        audio, video = p.layout.audio_mask(embeds.device), p.layout.video_mask(embeds.device)
+        p.stats = CompressionStats(
+            audio_before=(audio & valid).sum(1).tolist(),
+            audio_after=(audio & keep).sum(1).tolist(),
+            video_before=(video & valid).sum(1).tolist(),
+            video_after=(video & keep).sum(1).tolist(),
+            tokens_before=valid.sum(1).tolist(),
+            tokens_after=keep.sum(1).tolist(),
+            selection_time_s=elapsed,
+            kept_positions=[torch.nonzero(keep[b]).squeeze(1).cpu() for b in range(keep.shape[0])],
+        )
+        return args, kwargs
+
+    def _after_thinker(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        p, self._prefill = self._prefill, None
+        if p is None or p.stats is None:
+            return output
+        self.stats = p.stats
+        self.history.append(p.stats)
+        cache = getattr(output, "past_key_values", None)
+        if cache is not None and p.kept_mask is not None:
+            self._caches[cache] = _CacheState(
+                full_len=p.full_mask.shape[1], full_mask=p.full_mask, kept_mask=p.kept_mask, rope_deltas=p.rope_deltas
+            )
+        if p.labels is not None:
+            rows, src, dst = p.slots
+            labels = torch.full(p.kept_mask.shape, -100, dtype=p.labels.dtype, device=p.labels.device)
+            labels[rows, dst] = p.labels[rows, src]
+            output.loss = self.thinker.loss_function(
+                logits=output.logits,
+                labels=labels,
+                vocab_size=self.thinker.config.get_text_config().vocab_size,
+                **p.loss_kwargs,
+            )
+        return output
+
+    # ------------------------------------------------------------------ pieces
+    def _check(self, selection: Selection, batch: CompressionBatch) -> None:
+        keep = selection.keep
+        if not isinstance(selection, Selection) or keep.dtype != torch.bool or keep.shape != batch.input_ids.shape:
+            raise RuntimeError(
+                f"{self.compressor.name}.select must return a Selection with a (B, L) bool keep-mask "
+                f"of shape {tuple(batch.input_ids.shape)}"
+            )
+        protected = batch.attention_mask.bool() & ~batch.layout.media_mask(keep.device)
+        if bool((protected & ~keep).any()):
+            raise RuntimeError(f"{self.compressor.name} dropped text or special tokens; only audio/video may go")
+        if selection.embeds is not None and selection.embeds.shape != batch.embeds.shape:
+            raise RuntimeError(f"{self.compressor.name} returned embeds of a different shape")
+
+    @staticmethod
+    def _shrink(
+        embeds: torch.Tensor, pos3: torch.Tensor, four_rows: bool, mask: torch.Tensor, keep: torch.Tensor, p: _Prefill
+    ) -> dict[str, torch.Tensor]:
+        """Drop what is not kept and re-pad rows to the longest kept row, on the input's padding side."""
+        B, L = keep.shape
+        counts = keep.sum(1)
+        K = int(counts.max())
+        right_padded = bool((mask[:, -1] == 0).any()) and not bool((mask[:, 0] == 0).any())
+        slot = keep.long().cumsum(1) - 1
+        if not right_padded:  # left padding, the layout `generate` needs
+            slot = slot + (K - counts)[:, None]
+        rows, src = torch.nonzero(keep, as_tuple=True)
+        dst = slot[rows, src]
+        new_embeds = embeds.new_zeros(B, K, embeds.shape[-1])
+        new_embeds = new_embeds.index_put((rows, dst), embeds[rows, src])
+        new_mask = torch.zeros(B, K, dtype=mask.dtype, device=mask.device)
+        new_mask[rows, dst] = 1
+        new_pos = torch.ones(3, B, K, dtype=pos3.dtype, device=pos3.device)
+        new_pos[:, rows, dst] = pos3[:, rows, src]
+        if four_rows:  # generate's text-position row: contiguous over the kept sequence
+            text = (new_mask.long().cumsum(-1) - 1).masked_fill(new_mask == 0, 0).to(pos3.dtype)
+            new_pos = torch.cat([text[None], new_pos], dim=0)
+        p.kept_mask = new_mask
+        p.slots = (rows, src, dst)
+        return {"inputs_embeds": new_embeds, "attention_mask": new_mask, "position_ids": new_pos}
+
+    def _cache_state(self, cache: Any) -> _CacheState | None:
+        if cache is None:
+            return None
+        try:
+            return self._caches.get(cache)
+        except TypeError:
+            return None
+
+    def _continue(self, kwargs: dict, state: _CacheState, past_len: int) -> dict:
+        """A call continuing a compressed cache: decode steps, multi-turn follow-ups."""
+        for key in ("pixel_values_videos", "input_features", "pixel_values"):
+            if kwargs.get(key) is not None:
+                raise NotImplementedError(
+                    "new images, audio or video on top of a compressed KV cache are not supported; "
+                    "start a new conversation (no past_key_values) for new media"
+                )
+        ref = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+        q = ref.shape[1]
+        mask = kwargs.get("attention_mask")
+        full_len, kept_len = past_len + state.offset + q, past_len + q
+        if mask is None:
+            if bool(state.kept_mask.all()):
+                return kwargs  # no padding anywhere: the plain causal mask over the cache is right
+            full_mask = torch.cat([state.full_mask, state.full_mask.new_ones(ref.shape[0], full_len - state.full_len)], 1)
+        elif mask.shape[1] == full_len:
+            full_mask = mask
+        elif mask.shape[1] == kept_len:
+            full_mask = torch.cat([state.full_mask, mask[:, state.kept_mask.shape[1] :]], 1)
+        else:
+            raise ValueError(
+                f"attention_mask has length {mask.shape[1]}; with this compressed cache it must cover the full "
+                f"history ({full_len} tokens) or the compressed one ({kept_len} tokens)"
+            )
+        tail = full_mask[:, state.full_len :]
+        kwargs["attention_mask"] = torch.cat([state.kept_mask.to(tail.dtype), tail], dim=1)
+        if kwargs.get("position_ids") is None:
+            # Text positions continue as in the uncompressed model: full-history index + rope delta.
+            text = (full_mask.long().cumsum(-1) - 1)[:, -q:] + state.rope_deltas.to(full_mask.device)
+            kwargs["position_ids"] = text[None].expand(3, -1, -1)
+        return kwargs
+
+    def _fix_continuation_slice(self, args: tuple, kwargs: dict) -> dict:
+        """`generate` on full history ids with a compressed cache would slice too many new tokens: fix the count."""
+        input_ids = args[0] if args else kwargs.get("input_ids")
+        cache, mask, n = kwargs.get("past_key_values"), kwargs.get("attention_mask"), kwargs.get("next_sequence_length")
+        state = self._cache_state(cache)
+        if state is not None and n is not None and mask is not None and input_ids is not None:
+            if mask.shape[1] == input_ids.shape[1] and n == input_ids.shape[1] - cache.get_seq_length():
+                kwargs = {**kwargs, "next_sequence_length": n - state.offset}
+        return kwargs
+
+
+def _rope_deltas(pos3: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, 1) max 3D position + 1 - number of real tokens, as `get_rope_index` defines it."""
+    masked = pos3.masked_fill(~valid[None], torch.iinfo(pos3.dtype).min if not pos3.is_floating_point() else -1e9)
+    return (masked.amax(dim=(0, 2)) + 1 - valid.sum(1)).unsqueeze(1)
+
+
+def compress(
+    model: torch.nn.Module, compressor: Compressor | str, retention: float | None = None, **kwargs: Any
+) -> CompressionSession:
+    """Compress the audio/video tokens a Qwen2.5-Omni model sees, inside a `with` block.
+
+    >>> with sift.compress(thinker, sift.get_compressor("random", retention=0.35)) as session:
+    ...     out = thinker.generate(**inputs, max_new_tokens=32)
+    >>> session.stats.retention
+
+    `compressor` may also be a registered name, with `retention` and method options as keywords.
+    """
+    if isinstance(compressor, str):
+        compressor = get_compressor(compressor, retention=1.0 if retention is None else retention, **kwargs)
+    elif retention is not None or kwargs:
+        raise TypeError("retention and method options go to get_compressor, not to compress, for a built compressor")
+    return CompressionSession(model, compressor)
