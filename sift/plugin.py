@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +112,6 @@ class CompressionSession:
         self.signals: dict[str, Any] = {}
         self._handles: list[RemovableHandle] = []
         self._prefill: _Prefill | None = None
-        self._caches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._warned_no_ids = False
         self._generate_inputs: dict[str, Any] = {}
 
@@ -264,7 +262,8 @@ class CompressionSession:
         self.history.append(p.stats)
         cache = getattr(output, "past_key_values", None)
         if cache is not None and p.kept_mask is not None:
-            self._caches[cache] = _CacheState(
+            # Stored on the cache itself so copies (copy.deepcopy for branching) carry it along.
+            cache._sift_state = _CacheState(
                 full_len=p.full_mask.shape[1], full_mask=p.full_mask, kept_mask=p.kept_mask, rope_deltas=p.rope_deltas
             )
         if p.labels is not None:
@@ -320,22 +319,22 @@ class CompressionSession:
         p.slots = (rows, src, dst)
         return {"inputs_embeds": new_embeds, "attention_mask": new_mask, "position_ids": new_pos}
 
-    def _cache_state(self, cache: Any) -> _CacheState | None:
-        if cache is None:
-            return None
-        try:
-            return self._caches.get(cache)
-        except TypeError:
-            return None
+    @staticmethod
+    def _cache_state(cache: Any) -> _CacheState | None:
+        return getattr(cache, "_sift_state", None)
 
     def _continue(self, kwargs: dict, state: _CacheState, past_len: int) -> dict:
         """A call continuing a compressed cache: decode steps, multi-turn follow-ups."""
-        for key in ("pixel_values_videos", "input_features", "pixel_values"):
-            if kwargs.get(key) is not None:
-                raise NotImplementedError(
-                    "new images, audio or video on top of a compressed KV cache are not supported; "
-                    "start a new conversation (no past_key_values) for new media"
-                )
+        ids = kwargs.get("input_ids")
+        cfg = self.thinker.config
+        new_media = ids is not None and bool(torch.isin(ids, ids.new_tensor(_media_ids(cfg))).any())
+        if new_media and any(kwargs.get(k) is not None for k in _MEDIA_KEYS):
+            raise NotImplementedError(
+                "new images, audio or video on top of a compressed KV cache are not supported; "
+                "start a new conversation (no past_key_values) for new media"
+            )
+        for key in _MEDIA_KEYS:  # the history's media, passed again by a chat loop: already in the cache
+            kwargs.pop(key, None)
         ref = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
         q = ref.shape[1]
         mask = kwargs.get("attention_mask")
@@ -366,10 +365,19 @@ class CompressionSession:
         input_ids = args[0] if args else kwargs.get("input_ids")
         cache, mask, n = kwargs.get("past_key_values"), kwargs.get("attention_mask"), kwargs.get("next_sequence_length")
         state = self._cache_state(cache)
-        if state is not None and n is not None and mask is not None and input_ids is not None:
-            if mask.shape[1] == input_ids.shape[1] and n == input_ids.shape[1] - cache.get_seq_length():
+        if state is not None and n is not None and input_ids is not None:
+            # generate drops an all-ones mask; then full-history ids are the only way it computes a count
+            full_ids = mask is None or mask.shape[1] == input_ids.shape[1]
+            if full_ids and n == input_ids.shape[1] - cache.get_seq_length():
                 kwargs = {**kwargs, "next_sequence_length": n - state.offset}
         return kwargs
+
+
+_MEDIA_KEYS = ("pixel_values", "pixel_values_videos", "input_features", "mm_encoder_outputs")
+
+
+def _media_ids(config: Any) -> list[int]:
+    return [config.audio_token_id, config.video_token_id, config.image_token_id]
 
 
 def _rope_deltas(pos3: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
