@@ -280,3 +280,21 @@ def test_text_only_input_is_untouched(thinker, tokenizer):
             out = thinker(**enc).logits
     assert torch.equal(ref, out)
     assert session.stats is None
+
+
+def test_full_omni_model_compresses_its_thinker(thinker_config, synth_inputs):
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    torch.manual_seed(0)
+    full = Qwen2_5OmniForConditionalGeneration(
+        Qwen2_5OmniConfig(thinker_config=thinker_config.to_dict(), enable_audio_output=False)
+    ).eval()
+    with sift.compress(full, "random", retention=0.5) as session:
+        assert session.thinker is full.thinker
+        with torch.no_grad():
+            out = full.thinker(**synth_inputs)
+            tokens = full.thinker.generate(**synth_inputs, max_new_tokens=3, do_sample=False)
+    n_media = session.history[0].audio_before[0] + session.history[0].video_before[0]
+    assert out.logits.shape[1] == synth_inputs["input_ids"].shape[1] - n_media + round(0.5 * n_media)
+    assert tokens.shape[1] == synth_inputs["input_ids"].shape[1] + 3
+    assert len(full.thinker._forward_pre_hooks) == 0
