@@ -43,7 +43,10 @@ class Frame:
 class Window:
     """One time window (2 s by default) of a media segment."""
 
-    index: int  # window index within its segment (window i covers [i * 2 s, (i + 1) * 2 s))
+    # Window index within its segment. Windows are get_rope_index's chunks: a new one starts at the first
+    # token at or past the next multiple of 2 s, so window i covers [2i s, 2(i+1) s) whenever a video has
+    # at least one temporal grid per 2 s (any fps >= 1); at lower fps the index counts chunks, not 2 s slots.
+    index: int
     audio: torch.Tensor  # (n_a,) sequence indices of the window's audio tokens, in order
     frames: tuple[Frame, ...]  # the window's video frames, in temporal order
     audio_offset: int  # index of the window's first audio token within its audio item
@@ -149,15 +152,15 @@ class TokenLayout:
 
     def audio_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
         """(B, L) bool: True at audio tokens."""
-        return self._mask("audio").to(device or "cpu")
+        return self._mask("audio").to(device or "cpu", copy=True)
 
     def video_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
         """(B, L) bool: True at video tokens."""
-        return self._mask("video").to(device or "cpu")
+        return self._mask("video").to(device or "cpu", copy=True)
 
     def media_mask(self, device: torch.device | str | None = None) -> torch.Tensor:
         """(B, L) bool: True at the tokens a compressor may drop (audio and video, never images or text)."""
-        return self._mask("media").to(device or "cpu")
+        return self._mask("media").to(device or "cpu", copy=True)
 
 
 def audio_tokens_from_features(feature_lengths: torch.Tensor) -> torch.Tensor:
@@ -226,6 +229,10 @@ def build_layout(
     if video_second_per_grid is not None and not torch.is_tensor(video_second_per_grid):
         video_second_per_grid = torch.tensor(video_second_per_grid)
     spgs = None if video_second_per_grid is None else video_second_per_grid.detach().cpu().float().reshape(-1)
+    if grids is not None and spgs is not None and spgs.numel() != grids.shape[0]:
+        raise ValueError(
+            f"video_second_per_grid has {spgs.numel()} entries but video_grid_thw has {grids.shape[0]} videos"
+        )
     if feature_attention_mask is not None:
         audio_feature_lengths = feature_attention_mask.sum(-1)
     audio_counts = None

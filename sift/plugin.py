@@ -139,6 +139,7 @@ class CompressionSession:
                 # generate() encodes images/videos up front and drops their grids (and an all-ones mask)
                 # before the prefill forward: keep what the layout needs for the duration of the call.
                 session._generate_inputs = {k: kwargs.get(k) for k in _LAYOUT_KEYS}
+                session.signals.clear()
                 try:
                     return generate(thinker, *args, **kwargs)
                 finally:
@@ -193,7 +194,6 @@ class CompressionSession:
         layout = build_layout(input_ids, self.thinker.config, attention_mask=attention_mask, **given)
         if layout.is_empty:
             return (), kwargs
-        self.signals.clear()
         loss_keys = ("num_items_in_batch", "ignore_index")
         self._prefill = _Prefill(
             layout=layout,
@@ -258,6 +258,7 @@ class CompressionSession:
         p, self._prefill = self._prefill, None
         if p is None or p.stats is None:
             return output
+        self.signals.clear()  # consumed; the next prefill's encoders write new ones
         self.stats = p.stats
         self.history.append(p.stats)
         cache = getattr(output, "past_key_values", None)

@@ -298,3 +298,25 @@ def test_full_omni_model_compresses_its_thinker(thinker_config, synth_inputs):
     assert out.logits.shape[1] == synth_inputs["input_ids"].shape[1] - n_media + round(0.5 * n_media)
     assert tokens.shape[1] == synth_inputs["input_ids"].shape[1] + 3
     assert len(full.thinker._forward_pre_hooks) == 0
+
+
+def _flash_available() -> bool:
+    import importlib.util
+
+    return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+
+
+@pytest.mark.skipif(not _flash_available(), reason="flash_attention_2 needs a CUDA GPU and the flash-attn package")
+def test_flash_attention_2_matches_sdpa(thinker_config, synth_inputs):
+    inputs = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in synth_inputs.items()}
+    for key in ("pixel_values_videos", "input_features"):
+        inputs[key] = inputs[key].to(torch.bfloat16)
+    results = {}
+    for attn in ("sdpa", "flash_attention_2"):
+        model = tiny_thinker(thinker_config, attn_implementation=attn, dtype=torch.bfloat16).cuda()
+        with sift.compress(model, "random", retention=0.5) as session, torch.no_grad():
+            logits = model(**inputs).logits
+            model.generate(**inputs, max_new_tokens=3, do_sample=False)
+        results[attn] = (logits.float(), session.stats.tokens_after)
+    assert results["sdpa"][1] == results["flash_attention_2"][1]
+    assert torch.allclose(results["sdpa"][0], results["flash_attention_2"][0], atol=5e-2)
