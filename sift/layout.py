@@ -27,7 +27,11 @@ SegmentKind = Literal["audio_in_video", "video", "audio"]
 
 @dataclass(frozen=True)
 class Frame:
-    """One temporal grid (2 raw frames) of a video inside a window."""
+    """One temporal grid (2 raw frames) of a video inside a window.
+
+    At fps < 1 `get_rope_index` can split one grid across two windows; each window then holds a Frame with
+    its part of the grid (same `t`, a subset of the cells).
+    """
 
     positions: torch.Tensor  # (n,) sequence indices, row-major over (h, w)
     hw: torch.Tensor  # (n, 2) the (h, w) cell of each token on the merged grid
@@ -168,14 +172,20 @@ def audio_tokens_from_features(feature_lengths: torch.Tensor) -> torch.Tensor:
     return ((feature_lengths - 1) // 2 + 1 - 2) // 2 + 1
 
 
-def _chunk_ids(values: list[int], tokens_per_chunk: int) -> list[int]:
-    """Chunk index of each value, advancing at most one chunk per value like `get_chunked_index`."""
-    ids, chunk = [], 0
+def _chunk_counts(values: list[int], tokens_per_value: int, tokens_per_chunk: int) -> list[int]:
+    """Tokens per chunk under `get_chunked_index`'s rule, for runs of tokens sharing a temporal position.
+
+    The rule walks tokens one by one and advances at most ONE chunk per token while the token's position
+    is at or past the next chunk boundary, so at fps < 1 a single frame's tokens can span several chunks.
+    """
+    counts, chunk = [0], 0
     for v in values:
-        if v >= (chunk + 1) * tokens_per_chunk:
+        advancing = min(tokens_per_value, max(0, v // tokens_per_chunk - chunk))
+        for _ in range(advancing):  # each of these tokens opens the next chunk
             chunk += 1
-        ids.append(chunk)
-    return ids
+            counts.append(1)
+        counts[chunk] += tokens_per_value - advancing
+    return counts
 
 
 def _thinker_config(config: Any) -> Any:
@@ -338,9 +348,12 @@ def _segment_windows(
 ) -> list[Window]:
     """Cut one media run into windows, checking its token pattern against the chunking rule."""
     n_audio = int(run_audio.sum())
-    audio_chunks = _chunk_ids(list(range(n_audio)), tokens_per_chunk)
-    frame_chunks: list[int] = []
-    per_frame, h, w, t_grids = 0, 0, 0, 0
+    # Audio positions are consecutive, so the sequential rule reduces to k // tokens_per_chunk.
+    audio_per_window = [tokens_per_chunk] * (n_audio // tokens_per_chunk)
+    if n_audio % tokens_per_chunk:
+        audio_per_window.append(n_audio % tokens_per_chunk)
+    video_per_window: list[int] = []
+    per_frame, h, w = 0, 0, 0
     if grid is not None:
         t_grids, h, w = grid[0], grid[1] // merge, grid[2] // merge
         per_frame = h * w
@@ -354,20 +367,19 @@ def _segment_windows(
             raise ValueError(f"{where}: video_second_per_grid is required to place video tokens in time")
         # Same arithmetic as get_rope_index: float32 seconds * positions per second, truncated.
         t_index = (torch.arange(t_grids) * second_per_grid.float() * per_second).long().tolist()
-        frame_chunks = _chunk_ids(t_index, tokens_per_chunk)
+        video_per_window = _chunk_counts(t_index, per_frame, tokens_per_chunk)
 
-    n_windows = max(frame_chunks[-1] + 1 if frame_chunks else 0, audio_chunks[-1] + 1 if audio_chunks else 0)
-    # Chunk ids never decrease, so each window owns a contiguous range of frames and of audio tokens.
-    frames_per_window = torch.bincount(torch.tensor(frame_chunks, dtype=torch.long), minlength=n_windows).tolist()
-    audio_per_window = torch.bincount(torch.tensor(audio_chunks, dtype=torch.long), minlength=n_windows).tolist()
-    frame_start = [0] + list(itertools.accumulate(frames_per_window))
+    n_windows = max(len(video_per_window), len(audio_per_window))
+    video_per_window += [0] * (n_windows - len(video_per_window))
+    audio_per_window += [0] * (n_windows - len(audio_per_window))
+    video_start = [0] + list(itertools.accumulate(video_per_window))
     audio_start = [0] + list(itertools.accumulate(audio_per_window))
 
     # Expected token pattern: per window, its video tokens then its audio tokens (processor order).
     if kind == "audio_in_video":
         expected = torch.cat(
             [
-                torch.tensor([False] * (frames_per_window[j] * per_frame) + [True] * audio_per_window[j])
+                torch.tensor([False] * video_per_window[j] + [True] * audio_per_window[j], dtype=torch.bool)
                 for j in range(n_windows)
             ]
         )
@@ -387,15 +399,20 @@ def _segment_windows(
     audio_pos = run_pos[run_audio]
     windows = []
     for j in range(n_windows):
-        frames = tuple(
-            Frame(positions=video_pos[t * per_frame : (t + 1) * per_frame], hw=hw, t=t, grid=(h, w))
-            for t in range(frame_start[j], frame_start[j + 1])
-        )
+        frames = []
+        a, end = video_start[j], video_start[j + 1]
+        while a < end:  # a window holds whole frames, except at fps < 1 where get_rope_index splits one
+            t = a // per_frame
+            b = min(end, (t + 1) * per_frame)
+            frames.append(
+                Frame(positions=video_pos[a:b], hw=hw[a - t * per_frame : b - t * per_frame], t=t, grid=(h, w))
+            )
+            a = b
         windows.append(
             Window(
                 index=j,
                 audio=audio_pos[audio_start[j] : audio_start[j + 1]],
-                frames=frames,
+                frames=tuple(frames),
                 audio_offset=audio_start[j],
                 audio_item=audio_item if audio_per_window[j] else -1,
                 video_item=video_item if frames else -1,

@@ -8,6 +8,7 @@ window counts come from the processor's `get_chunked_index`, and the 3-D positio
 
 from __future__ import annotations
 
+import copy
 import functools
 import types
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from sift.layout import (
     build_layout,
 )
 from sift.media import synth_clip
-from sift.tiny import omni_inputs
+from sift.tiny import omni_inputs, tiny_thinker
 
 PER_SECOND = 25  # position_id_per_seconds of Qwen2.5-Omni (and the tiny config)
 CHUNK = 50  # position ids per 2 s window
@@ -272,7 +273,7 @@ def check_layout(layout: TokenLayout, batch: Batch, pos: torch.Tensor, processor
             # segment span: a maximal run of media tokens
             span = ids[b, seg.start : seg.end]
             assert bool(((span == a_id) | (span == v_id)).all())
-            assert int(ids[b, seg.start - 1]) not in (a_id, v_id)
+            assert seg.start == 0 or int(ids[b, seg.start - 1]) not in (a_id, v_id)
             assert seg.end >= L or int(ids[b, seg.end]) not in (a_id, v_id)
             # items follow the order of appearance across the whole batch
             assert seg.video_item == (video_item if m.has_video else -1)
@@ -321,8 +322,9 @@ def check_layout(layout: TokenLayout, batch: Batch, pos: torch.Tensor, processor
                     assert torch.equal(f_pos[2], f.hw[:, 1])
                     assert offsets[f.t] // CHUNK == j  # frame.t grouping
                     frames_seen.append(f.t)
-                assert torch.equal(win.video, torch.cat([f.positions for f in win.frames]) if win.frames else win.video)
-                assert win.video.numel() == win.num_video
+                if win.frames:
+                    assert torch.equal(win.video, torch.cat([f.positions for f in win.frames]))
+                assert win.video.numel() == win.num_video and win.video.dtype == torch.long
                 # (c) every token of window j lies in [50 j, 50 (j + 1)) relative to the segment start
                 toks = torch.cat([win.video, win.audio])
                 t_rel = pos[0, b, toks] - st_idx
@@ -420,7 +422,7 @@ def test_processor_output_windows(synth_inputs, thinker_config, thinker):
     assert audio_rel.tolist() == list(range(100))  # consecutive across windows
 
 
-def test_processor_output_generic_check(synth_inputs, thinker_config, thinker, processor, tokenizer):
+def test_processor_output_generic_check(synth_inputs, thinker_config, thinker, processor):
     layout = _synth_layout(synth_inputs, thinker_config)
     batch = Batch(
         synth_inputs["input_ids"],
@@ -428,8 +430,7 @@ def test_processor_output_generic_check(synth_inputs, thinker_config, thinker, p
         [[aiv(4, 4, 4, 100, spg=1.0)]],
         True,
     )
-    assert batch.audio_feature_lengths.tolist() != synth_inputs["feature_attention_mask"].sum(-1).tolist()
-    # the 400 mel frames of the processor and our minimal 399 give the same 100 tokens
+    # the processor's 400 mel frames give 100 audio tokens (Batch.rope feeds the smallest such length, 399)
     assert int(audio_tokens_from_features(synth_inputs["feature_attention_mask"].sum(-1))[0]) == 100
     check_layout(layout, batch, batch.rope(thinker), processor, thinker_config)
 
@@ -667,6 +668,78 @@ def test_second_per_grid(tokenizer, processor, thinker_config, thinker, spg, fra
     assert got == frames_per_window
 
 
+@pytest.mark.parametrize("use_aiv", [True, False])
+def test_second_per_grid_truncation(tokenizer, processor, thinker_config, thinker, use_aiv):
+    """spg 1.99: grid offsets 0, 49.75, 99.5, 149.25, 199 are truncated (0, 49, 99, 149, 199), not rounded."""
+    m = aiv(5, 1, 2, 210, spg=1.99) if use_aiv else video(5, 1, 2, spg=1.99)
+    assert t_offsets(m) == [0, 49, 99, 149, 199]
+    _, layout = _run(tokenizer, processor, thinker_config, thinker, [[2, m, 2]], use_aiv=use_aiv)
+    (seg,) = layout.rows[0].segments
+    assert [[f.t for f in w.frames] for w in seg.windows][:4] == [[0, 1], [2], [3], [4]]
+    if use_aiv:
+        assert [w.num_audio for w in seg.windows] == [50, 50, 50, 50, 10]
+
+
+@pytest.mark.parametrize("use_aiv", [True, False])
+def test_second_per_grid_float32_arithmetic(tokenizer, processor, thinker_config, thinker, use_aiv):
+    """spg 0.7 (float32 just below 0.7): grid 20 is at 350 exactly, as in get_rope_index (float64 would give 349)."""
+    m = aiv(21, 1, 1, 60, spg=0.7) if use_aiv else video(21, 1, 1, spg=0.7)
+    assert t_offsets(m)[18:] == [315, 332, 350]
+    _, layout = _run(tokenizer, processor, thinker_config, thinker, [[1, m, 1]], use_aiv=use_aiv)
+    (seg,) = layout.rows[0].segments
+    assert len(seg.windows) == 8
+    assert [f.t for f in seg.windows[6].frames] == [18, 19]
+    assert [f.t for f in seg.windows[7].frames] == [20]
+
+
+def test_merge_size_read_from_config(tokenizer, processor, thinker_config):
+    """The spatial merge size comes from the config: with merge 1 a [2, 1, 3] grid is 2 frames of 1x3 tokens."""
+    cfg = copy.deepcopy(thinker_config)
+    cfg.vision_config.spatial_merge_size = 1
+    batch = make_batch(tokenizer, processor, [[2, video(2, 1, 3), 2]], use_audio_in_video=False)
+    assert int((batch.input_ids == cfg.video_token_id).sum()) == 6
+    layout = build_layout(
+        batch.input_ids, cfg, video_grid_thw=torch.tensor([[2, 1, 3]]), video_second_per_grid=torch.tensor([1.0])
+    )
+    frames = layout.rows[0].windows[0].frames
+    assert [f.grid for f in frames] == [(1, 3), (1, 3)]
+    assert frames[1].positions.tolist() == [6, 7, 8]
+    assert frames[1].hw.tolist() == [[0, 0], [0, 1], [0, 2]]
+    with pytest.raises(ValueError, match="6 video tokens but video_grid_thw"):
+        build_layout(batch.input_ids, cfg, video_grid_thw=torch.tensor([[2, 2, 6]]), video_second_per_grid=[1.0])
+
+
+def test_chunk_length_read_from_config(tokenizer, processor, thinker_config):
+    """seconds_per_chunk=1 in the config: windows of 25 positions, as the processor and get_rope_index use."""
+    cfg = copy.deepcopy(thinker_config)
+    cfg.seconds_per_chunk = 1
+    model = tiny_thinker(cfg)
+    assert model.model.config.seconds_per_chunk == 1
+    inner = processor.replace_video_with_audio_token(
+        {"video_grid_thw": torch.tensor([[4, 2, 2]]), "video_second_per_grid": [1.0]},
+        0,
+        {"num_audio_tokens": [60]},
+        0,
+        position_id_per_seconds=PER_SECOND,
+        seconds_per_chunk=1.0,
+    )
+    ids = torch.tensor([encode(tokenizer, "xx<|vision_bos|>" + inner + "<|vision_eos|>x")])
+    grid, spg, feats = torch.tensor([[4, 2, 2]]), torch.tensor([1.0]), torch.tensor([feature_len(60)])
+    layout = build_layout(
+        ids, cfg, video_grid_thw=grid, video_second_per_grid=spg, audio_feature_lengths=feats, use_audio_in_video=True
+    )
+    (seg,) = layout.rows[0].segments
+    assert [[f.t for f in w.frames] for w in seg.windows] == [[0], [1], [2], [3]]
+    assert [w.num_audio for w in seg.windows] == [25, 25, 10, 0]
+    pos, _ = model.model.get_rope_index(ids, None, grid, torch.ones_like(ids), True, feats, spg)
+    st_idx = int(pos[0, 0, seg.start])
+    for j, w in enumerate(seg.windows):
+        t_rel = pos[0, 0, torch.cat([w.video, w.audio])] - st_idx
+        assert int(t_rel.min()) >= 25 * j and int(t_rel.max()) < 25 * (j + 1)
+    with pytest.raises(ValueError, match="not interleaved in 2-second chunks"):  # the 1 s input under 2 s chunks
+        build_layout(ids, thinker_config, video_grid_thw=grid, video_second_per_grid=spg, use_audio_in_video=True)
+
+
 def test_spg_as_list_and_bool_attention_mask(tokenizer, processor, thinker_config, thinker):
     batch = make_batch(tokenizer, processor, [[2, aiv(4, 1, 1, 70), 1]], use_audio_in_video=True)
     ref = batch.layout(thinker_config)
@@ -790,7 +863,7 @@ def test_error_more_grids_than_videos(silent_batch, thinker_config):
 def test_error_more_videos_than_grids(tokenizer, processor, thinker_config):
     batch = make_batch(tokenizer, processor, [[video(1, 1, 1)], [video(1, 1, 1)]], use_audio_in_video=False)
     with pytest.raises(ValueError, match=r"row 1: found video #1 in input_ids but video_grid_thw has 1 entries"):
-        batch.layout(thinker_config, video_grid_thw=torch.tensor([[1, 2, 2]]))
+        batch.layout(thinker_config, video_grid_thw=torch.tensor([[1, 2, 2]]), video_second_per_grid=[1.0])
 
 
 def test_error_missing_second_per_grid(silent_batch, thinker_config):
@@ -806,21 +879,12 @@ def test_error_bad_shapes(silent_batch, thinker_config):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Known bugs (xfail strict: they flip to failures once fixed)
+# Low fps (second_per_grid > 2), mask copies, and known bugs (xfail strict: they flip to failures once fixed)
 # --------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "BUG: for second_per_grid > 2 (fps < 1, e.g. long videos) get_chunked_index advances at most one chunk "
-        "per *token*, so the processor and get_rope_index split one temporal grid across chunks "
-        "(V16 A50 V1 A50 V15 A100 here); build_layout chunks per *frame*, expects V16 A50 V16 A50 A100 and "
-        "rejects the real processor output as 'not interleaved'"
-    ),
-)
-def test_bug_low_fps_processor_output_is_rejected(processor, thinker_config, thinker):
+def test_low_fps_splits_a_frame_across_windows_like_get_rope_index(processor, thinker_config, thinker):
+    """fps 0.5: get_chunked_index advances one chunk per token, so the processor splits grid 1 as V1 | V15."""
     inputs = omni_inputs(processor, [synth_clip(8.0, fps=0.5)], ["x"], use_audio_in_video=True, fps=0.5)
     assert inputs["video_grid_thw"].tolist() == [[2, 8, 8]]
     assert inputs["video_second_per_grid"].tolist() == [4.0]
@@ -837,57 +901,47 @@ def test_bug_low_fps_processor_output_is_rejected(processor, thinker_config, thi
     (seg,) = layout.rows[0].segments
     assert [w.num_video for w in seg.windows] == [16, 1, 15, 0]
     assert [w.num_audio for w in seg.windows] == [50, 50, 50, 50]
+    assert [[(f.t, f.num_tokens) for f in w.frames] for w in seg.windows] == [[(0, 16)], [(1, 1)], [(1, 15)], []]
+    split = seg.windows[2].frames[0]
+    assert split.hw.tolist() == [[h, w] for h in range(4) for w in range(4)][1:]
+    pos, _ = thinker.model.get_rope_index(
+        inputs["input_ids"], None, inputs["video_grid_thw"], inputs["attention_mask"], True,
+        inputs["feature_attention_mask"].sum(-1), inputs["video_second_per_grid"],
+    )
+    start = int(pos[0, 0, seg.start])
+    assert (pos[1:, 0, split.positions] - start).T.tolist() == split.hw.tolist()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: silent video with second_per_grid 4.0 (fps 0.5): the grid at t=4 s (temporal position 100) is put "
-        "in the window with index 1, although Window.index i is documented to cover [2i s, 2(i+1) s)"
-    ),
-)
-def test_bug_low_fps_silent_video_window_time(tokenizer, processor, thinker_config, thinker):
-    batch = make_batch(tokenizer, processor, [[2, video(2, 1, 1, spg=4.0), 2]], use_audio_in_video=False)
+def test_low_fps_silent_video_windows_count_chunks(tokenizer, processor, thinker_config, thinker):
+    """spg 4.0 (fps 0.5): one grid per chunk; the grid at 4 s (position 100) is in window 1 (index counts chunks)."""
+    batch = make_batch(tokenizer, processor, [[2, video(3, 1, 1, spg=4.0), 2]], use_audio_in_video=False)
     layout = batch.layout(thinker_config)
     pos = batch.rope(thinker)
     (seg,) = layout.rows[0].segments
+    assert [[f.t for f in w.frames] for w in seg.windows] == [[0], [1], [2]]
+    assert len(seg.windows) == len(processor.get_chunked_index(np.arange(3) * 4.0 * PER_SECOND, CHUNK))
     st_idx = int(pos[0, 0, seg.start])
-    for win in seg.windows:
-        for f in win.frames:
-            t_rel = int(pos[0, 0, f.positions[0]]) - st_idx
-            assert win.index * CHUNK <= t_rel < (win.index + 1) * CHUNK, (win.index, f.t, t_rel)
+    assert [int(pos[0, 0, w.video[0]]) - st_idx for w in seg.windows] == [0, 100, 200]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "BUG: media_mask()/audio_mask()/video_mask() return the cached tensor itself on CPU "
-        "(Tensor.to('cpu') is a no-op), so a caller that edits the returned mask in place corrupts every later "
-        "call; on CUDA the same code gets a copy"
-    ),
-)
-def test_bug_masks_alias_the_cache(synth_inputs, thinker_config):
+def test_masks_are_copies(synth_inputs, thinker_config):
+    """Editing a returned mask in place (e.g. a compressor marking kept tokens) must not touch the layout."""
     layout = _synth_layout(synth_inputs, thinker_config)
-    m = layout.media_mask()
-    expected = m.clone()
-    m[:] = False  # a compressor marking kept tokens in place
-    assert torch.equal(layout.media_mask(), expected)
+    for get in (layout.media_mask, layout.audio_mask, layout.video_mask):
+        m = get()
+        expected = m.clone()
+        assert expected.any()
+        m[:] = False
+        assert torch.equal(get(), expected)
+        assert torch.equal(get("cpu"), expected)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason=(
-        "BUG: a video_second_per_grid shorter than video_grid_thw raises IndexError instead of the helpful "
-        "ValueError the other inconsistent inputs get"
-    ),
-)
-def test_bug_short_second_per_grid_is_index_error(tokenizer, processor, thinker_config):
+def test_error_second_per_grid_count(tokenizer, processor, thinker_config):
     batch = make_batch(tokenizer, processor, [[video(1, 1, 1), 1, video(1, 1, 1)]], use_audio_in_video=False)
-    with pytest.raises(ValueError, match="video_second_per_grid"):
+    with pytest.raises(ValueError, match=r"video_second_per_grid has 1 entries but video_grid_thw has 2 videos"):
         batch.layout(thinker_config, video_second_per_grid=[1.0])
+    with pytest.raises(ValueError, match=r"video_second_per_grid has 3 entries but video_grid_thw has 2 videos"):
+        batch.layout(thinker_config, video_second_per_grid=[1.0, 1.0, 1.0])
 
 
 # --------------------------------------------------------------------------------------------------------------
