@@ -16,14 +16,10 @@ from typing import Any, ClassVar
 import torch
 from torch.utils.hooks import RemovableHandle
 
+from sift.budget import keep_count
 from sift.layout import TokenLayout
 
 __all__ = ["Compressor", "CompressionBatch", "Selection", "keep_count"]
-
-
-def keep_count(n: int, retention: float) -> int:
-    """Tokens kept out of `n` at `retention`: round half up, so budgets never depend on banker's rounding."""
-    return min(n, int(math.floor(retention * n + 0.5)))
 
 
 @dataclass

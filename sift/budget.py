@@ -1,0 +1,130 @@
+"""Exact integer token budgets: how many tokens each modality, window and frame keeps.
+
+Every method turns a fractional plan (a retention, per-window ratios, ...) into integer keep-counts with
+the same allocator, so the total kept is exact: `keep_count(N, retention)` audio+video tokens per row,
+never "about" that many.
+
+The floor rule: when the budget allows it, every frame keeps at least one token (a frame with nothing
+left loses its place in time entirely); when the budget is smaller than the number of frames, the
+budget still wins and the frames that keep a token are spread evenly in time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+__all__ = ["keep_count", "allocate", "split_modalities", "normalize_ratios"]
+
+
+def keep_count(n: int, retention: float) -> int:
+    """Tokens kept out of `n` at `retention`: round half up, so budgets never depend on banker's rounding."""
+    return min(n, int(math.floor(retention * n + 0.5)))
+
+
+def allocate(total: int, weights: Sequence[float], caps: Sequence[int], floor: int = 1) -> list[int]:
+    """Split `total` into integers proportional to `weights`, each within [floor, cap], summing exactly.
+
+    `total` is clipped to `sum(caps)`. Units with cap 0 get 0. If `total` cannot give every unit its floor,
+    the floor goes to `total` units spread evenly over the sequence and nothing else is given.
+    Proportional shares are rounded by the largest-remainder method, capacity overflow is redistributed.
+    """
+    n = len(caps)
+    if len(weights) != n:
+        raise ValueError(f"allocate: {len(weights)} weights for {n} units")
+    caps = [max(0, int(c)) for c in caps]
+    total = max(0, min(int(total), sum(caps)))
+    floors = [min(floor, c) for c in caps]
+    if total < sum(floors):
+        eligible = [i for i in range(n) if floors[i] > 0]
+        out = [0] * n
+        for j in range(total):  # evenly spread: unit j * len / total
+            out[eligible[(j * len(eligible)) // total]] += 1
+        return out
+    out = list(floors)
+    remaining = total - sum(out)
+    active = [i for i in range(n) if out[i] < caps[i]]
+    while remaining > 0 and active:
+        w = [max(0.0, float(weights[i])) for i in active]
+        wsum = sum(w)
+        if wsum <= 0:  # no preference left: spread by remaining capacity
+            w = [float(caps[i] - out[i]) for i in active]
+            wsum = sum(w)
+        shares = [remaining * x / wsum for x in w]
+        room = [caps[i] - out[i] for i in active]
+        give = [min(int(math.floor(s)), r) for s, r in zip(shares, room)]
+        left = remaining - sum(give)
+        # largest remainders first, among units that still have room
+        order = sorted(range(len(active)), key=lambda k: (-(shares[k] - math.floor(shares[k])), k))
+        for k in order:
+            if left == 0:
+                break
+            if give[k] < room[k] and shares[k] > give[k]:
+                give[k] += 1
+                left -= 1
+        for k, i in enumerate(active):
+            out[i] += give[k]
+        remaining = total - sum(out)
+        if sum(give) == 0:  # only rounding dust left: hand it out by weight order
+            for k in order:
+                if remaining == 0:
+                    break
+                i = active[k]
+                if out[i] < caps[i]:
+                    out[i] += 1
+                    remaining -= 1
+        active = [i for i in range(n) if out[i] < caps[i]]
+    return out
+
+
+def split_modalities(n_audio: int, n_video: int, retention: float, audio_advantage: float = 0.0) -> tuple[int, int]:
+    """Integer (audio kept, video kept) for a row, summing exactly to `keep_count(n_audio + n_video, retention)`.
+
+    Audio keeps `audio_advantage` more of its tokens (as a fraction) than video does, when the budget
+    allows: OmniZip's presets (rho_audio, rho_video) = (0.3, 0.6) and (0.4, 0.7) are an advantage of 0.3.
+    """
+    total = keep_count(n_audio + n_video, retention)
+    if n_audio == 0 or n_video == 0:
+        return (total, 0) if n_video == 0 else (0, total)
+    # video keep fraction kv with audio at min(1, kv + advantage): solve ka * Na + kv * Nv = total
+    kv = (total - audio_advantage * n_audio) / (n_audio + n_video)
+    ka = kv + audio_advantage
+    if ka > 1.0:
+        ka, kv = 1.0, (total - n_audio) / n_video
+    if kv < 0.0:
+        ka, kv = total / n_audio, 0.0
+    keep_a = min(n_audio, int(math.floor(ka * n_audio + 0.5)))
+    keep_v = total - keep_a
+    if keep_v > n_video:
+        keep_a, keep_v = total - n_video, n_video
+    return keep_a, keep_v
+
+
+def normalize_ratios(ratios: Sequence[float], sizes: Sequence[int], target: float) -> list[float]:
+    """Scale per-window drop ratios so that sum(ratio_i * size_i) == target, each ratio kept in [0, 1].
+
+    A bisection on the scale factor of `clip(s * ratio_i, 0, 1)`: every window moves, none is frozen, and
+    any number of windows works (the OmniZip reference froze its min and max windows, and missed the
+    budget for some window counts).
+    """
+    total = sum(sizes)
+    if total == 0:
+        return [0.0] * len(ratios)
+    target = min(max(target, 0.0), float(total))
+    base = [max(0.0, float(r)) for r in ratios]
+    if sum(b * s for b, s in zip(base, sizes)) <= 0:
+        base = [1.0] * len(ratios)
+
+    def dropped(scale: float) -> float:
+        return sum(min(1.0, scale * b) * s for b, s in zip(base, sizes))
+
+    lo, hi = 0.0, 1.0
+    while dropped(hi) < target and hi < 1e12:
+        hi *= 2.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if dropped(mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return [min(1.0, hi * b) for b in base]
