@@ -25,7 +25,7 @@ __all__ = ["Frame", "Window", "Segment", "RowLayout", "TokenLayout", "build_layo
 SegmentKind = Literal["audio_in_video", "video", "audio"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity semantics: fields hold tensors
 class Frame:
     """One temporal grid (2 raw frames) of a video inside a window.
 
@@ -43,7 +43,7 @@ class Frame:
         return int(self.positions.numel())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity semantics: fields hold tensors
 class Window:
     """One time window (2 s by default) of a media segment."""
 
@@ -77,7 +77,7 @@ class Window:
         return self.num_audio + self.num_video
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity semantics: fields hold tensors
 class Segment:
     """A contiguous run of media tokens: a video with its audio, a silent video, or an audio clip."""
 

@@ -267,10 +267,10 @@ class OmniZip(Compressor):
             ratios = [1.0 - keep_v / sum(sizes)] * len(windows)
         else:
             ratios = window_video_ratios(retention, sizes, sum(sizes) - keep_v, self.rho_min, self.rho_max)
-        frames = [(w, f) for w in windows for f in w.frames]
+        frames = [(wi, f) for wi, w in enumerate(windows) for f in w.frames]
         counts = allocate(
             keep_v,
-            [f.num_tokens * (1.0 - ratios[windows.index(w)]) for w, f in frames],
+            [f.num_tokens * (1.0 - ratios[wi]) for wi, f in frames],
             [f.num_tokens for _, f in frames],
         )
         budget = dict(zip([id(f) for _, f in frames], counts))
