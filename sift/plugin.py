@@ -194,6 +194,10 @@ class CompressionSession:
         layout = build_layout(input_ids, self.thinker.config, attention_mask=attention_mask, **given)
         if layout.is_empty:
             return (), kwargs
+        if not self._generate_inputs:
+            # A plain forward: its encoders run after this hook, so start from clean side signals. (Inside
+            # generate(), images/videos were encoded before this call and the signals were reset earlier.)
+            self.signals.clear()
         loss_keys = ("num_items_in_batch", "ignore_index")
         self._prefill = _Prefill(
             layout=layout,
@@ -258,7 +262,6 @@ class CompressionSession:
         p, self._prefill = self._prefill, None
         if p is None or p.stats is None:
             return output
-        self.signals.clear()  # consumed; the next prefill's encoders write new ones
         self.stats = p.stats
         self.history.append(p.stats)
         cache = getattr(output, "past_key_values", None)

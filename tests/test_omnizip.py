@@ -200,3 +200,16 @@ def test_argument_errors():
         OmniZip(rho_min=0.8, rho_max=0.5)
     with pytest.raises(ValueError, match="unknown preset"):
         OmniZip.preset("50%")
+
+
+def test_audio_keeps_follow_encoder_saliency(thinker, synth_inputs):
+    comp = OmniZip(retention=0.5, merge=False)
+    with sift.compress(thinker, comp) as session, torch.no_grad():
+        thinker(**synth_inputs)
+    (saliency,) = session.signals["audio_saliency"]
+    audio_positions = (synth_inputs["input_ids"][0] == thinker.config.audio_token_id).nonzero().squeeze(1)
+    assert saliency.numel() == audio_positions.numel()
+    k = session.stats.audio_after[0]
+    expected = audio_positions[torch.sort(saliency, descending=True, stable=True).indices[:k]].sort().values
+    kept = session.stats.kept_positions[0]
+    assert torch.equal(kept[torch.isin(kept, audio_positions)], expected)
