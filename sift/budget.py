@@ -14,7 +14,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-__all__ = ["keep_count", "allocate", "split_modalities", "normalize_ratios"]
+from sift.layout import RowLayout
+
+__all__ = ["keep_count", "allocate", "split_modalities", "split_row", "normalize_ratios"]
 
 
 def keep_count(n: int, retention: float) -> int:
@@ -77,12 +79,24 @@ def allocate(total: int, weights: Sequence[float], caps: Sequence[int], floor: i
     return out
 
 
-def split_modalities(n_audio: int, n_video: int, retention: float, audio_advantage: float = 0.0) -> tuple[int, int]:
+def split_modalities(
+    n_audio: int,
+    n_video: int,
+    retention: float,
+    audio_advantage: float = 0.0,
+    *,
+    video_floor: int = 0,
+    audio_floor: int = 0,
+) -> tuple[int, int]:
     """Integer (audio kept, video kept) for a row, summing exactly to `keep_count(n_audio + n_video, retention)`.
 
     Audio keeps `audio_advantage` more of its tokens (as a fraction) than video does, when the budget
     allows: OmniZip's presets (rho_audio, rho_video) = (0.3, 0.6) and (0.4, 0.7) are an advantage of 0.3.
+    The floors come first: `video_floor` video tokens (one per frame), then `audio_floor` audio tokens
+    (one per window), as far as the budget reaches.
     """
+    if not 0.0 <= audio_advantage < 1.0:
+        raise ValueError(f"audio_advantage must be in [0, 1), got {audio_advantage}")
     total = keep_count(n_audio + n_video, retention)
     if n_audio == 0 or n_video == 0:
         return (total, 0) if n_video == 0 else (0, total)
@@ -97,7 +111,25 @@ def split_modalities(n_audio: int, n_video: int, retention: float, audio_advanta
     keep_v = total - keep_a
     if keep_v > n_video:
         keep_a, keep_v = total - n_video, n_video
+    v_floor = min(video_floor, n_video, total)
+    if keep_v < v_floor:
+        keep_v, keep_a = v_floor, total - v_floor
+    a_floor = min(audio_floor, n_audio, total - v_floor)
+    if keep_a < a_floor:
+        keep_a, keep_v = a_floor, total - a_floor
     return keep_a, keep_v
+
+
+def split_row(row: RowLayout, retention: float, audio_advantage: float = 0.0) -> tuple[int, int]:
+    """`split_modalities` for a layout row, with the floors of one token per frame and per audio window."""
+    return split_modalities(
+        row.num_audio,
+        row.num_video,
+        retention,
+        audio_advantage,
+        video_floor=sum(len(w.frames) for w in row.windows),
+        audio_floor=sum(1 for w in row.windows if w.num_audio),
+    )
 
 
 def normalize_ratios(ratios: Sequence[float], sizes: Sequence[int], target: float) -> list[float]:

@@ -227,6 +227,7 @@ class CompressionSession:
             attention_mask=mask,
             position_ids=pos3,
             signals=self.signals,
+            config=self.thinker.config,
         )
         selection = self.compressor.select(batch)
         self._check(selection, batch)

@@ -14,8 +14,11 @@ from hypothesis import strategies as st
 import sift
 from sift.budget import keep_count
 from sift.layout import audio_tokens_from_features
+from sift.selector import OmniSIFTConfig, OmniSIFTSelector
 
 METHODS = [m for m in sift.available_compressors() if m != "none"]
+# the learned selector at its untrained init, sized for the random 16-d embeddings below
+EXTRA = {"omnisift": {"selector": OmniSIFTSelector(OmniSIFTConfig(hidden_size=16))}}
 
 
 def _feature_len(n_audio: int) -> int:
@@ -100,8 +103,9 @@ def test_every_method_meets_the_budget_exactly(tokenizer, processor, thinker_con
             attention_mask=enc.attention_mask,
             position_ids=torch.zeros(3, B, L, dtype=torch.long),
             signals={"audio_saliency": saliency},
+            config=thinker_config,
         )
-        sel = sift.get_compressor(name, retention=retention).select(batch)
+        sel = sift.get_compressor(name, retention=retention, **EXTRA.get(name, {})).select(batch)
         valid = enc.attention_mask.bool()
         assert bool(sel.keep[valid & ~media].all()), f"{name} dropped text"
         for b, row in enumerate(layout.rows):

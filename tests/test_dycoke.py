@@ -12,7 +12,7 @@ import torch
 
 import sift
 import sift.compressors.dycoke  # noqa: F401  (registration)
-from sift.budget import allocate, keep_count, split_modalities
+from sift.budget import allocate, keep_count, split_modalities, split_row
 from sift.compressors import CompressionBatch
 from sift.compressors.dycoke import DyCoke, audio_ttm_frames, ttm_reference, video_ttm_frames
 from sift.layout import audio_tokens_from_features
@@ -229,7 +229,7 @@ def test_floor_rule_and_row_split(tokenizer, processor, thinker_config):
     seconds = audio_ttm_frames(segment)
     for retention in (0.05, 0.3, 0.33, 0.6):
         keep = DyCoke(retention=retention).select(_batch(ids, layout, embeds)).keep[0]
-        keep_a, keep_v = split_modalities(60, 72, retention)
+        keep_a, keep_v = split_row(layout.rows[0], retention)
         counts_v = [int(keep[f.positions].sum()) for f in frames]
         counts_a = [int(keep[f.positions].sum()) for f in seconds]
         assert sum(counts_v) == keep_v and sum(counts_a) == keep_a

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import sift
-from sift.budget import keep_count, split_modalities
+from sift.budget import keep_count, split_row
 from sift.compressors.omnizip import OmniZip, dpc_knn_scores, merge_weights, window_video_ratios
 from sift.media import synth_clip
 from sift.tiny import omni_inputs
@@ -154,7 +154,13 @@ def test_exact_budget_through_the_model(thinker, processor, retention):
     s = session.stats
     n = s.audio_before[0] + s.video_before[0]
     assert s.audio_after[0] + s.video_after[0] == keep_count(n, retention)
-    assert (s.audio_after[0], s.video_after[0]) == split_modalities(s.audio_before[0], s.video_before[0], retention, 0.3)
+    layout = sift.build_layout(
+        inputs["input_ids"],
+        thinker.config,
+        video_grid_thw=inputs["video_grid_thw"],
+        video_second_per_grid=inputs["video_second_per_grid"],
+    )
+    assert (s.audio_after[0], s.video_after[0]) == split_row(layout.rows[0], retention, 0.3)
     assert out.logits.shape[1] == s.tokens_after[0]
 
 

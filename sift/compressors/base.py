@@ -32,6 +32,7 @@ class CompressionBatch:
     attention_mask: torch.Tensor  # (B, L), 1 for real tokens
     position_ids: torch.Tensor  # (3, B, L) the model's 3D (t, h, w) rope positions
     signals: dict[str, Any] = field(default_factory=dict)  # filled by the compressor's own hooks
+    config: Any = None  # the thinker config (token ids, sizes), when run through sift.compress
 
     @property
     def device(self) -> torch.device:

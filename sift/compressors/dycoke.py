@@ -22,7 +22,7 @@ a frame is compared with token k of its paired frame (audio tokens of one second
 Differences from the reference code, all deliberate:
 
 - Budgets are exact instead of `int(ratio * tokens_per_frame)` per frame: per row, audio kept + video
-  kept == `keep_count(N_audio + N_video, retention)` (split by `split_modalities`). In each modality the
+  kept == `keep_count(N_audio + N_video, retention)` (split by `split_row`). In each modality the
   reference frames stay whole while the budget allows and the rest goes to the other frames in proportion
   to their size (`allocate`, at least one token per frame while the budget allows). When the budget is
   smaller than the reference frames alone, only reference frames keep tokens, split by `allocate` in
@@ -44,7 +44,7 @@ from typing import ClassVar
 
 import torch
 
-from sift.budget import allocate, split_modalities
+from sift.budget import allocate, split_row
 from sift.compressors.base import CompressionBatch, Compressor, Selection
 from sift.compressors.registry import register
 from sift.compressors.stvp import spatial_saliency, temporal_saliency, top_positions
@@ -211,7 +211,7 @@ class DyCoke(Compressor):
                 if row.num_tokens == 0:
                     continue
                 keep[b, media[b]] = False
-                keep_a, keep_v = split_modalities(row.num_audio, row.num_video, self.retention)
+                keep_a, keep_v = split_row(row, self.retention)
                 video, audio = _row_frames(row, self.group_size, self.audio_frame_tokens)
                 for frames, budget in ((video, keep_v), (audio, keep_a)):
                     for positions in ttm_keep(batch.embeds[b], frames, budget):

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
-from sift.budget import allocate, keep_count, normalize_ratios, split_modalities
+from sift.budget import allocate, keep_count, normalize_ratios, split_row
 from sift.compressors.base import CompressionBatch, Compressor, Selection
 from sift.compressors.registry import register
 from sift.compressors.stvp import _aligned, temporal_saliency, top_positions
@@ -156,7 +156,7 @@ class OmniZip(Compressor):
     def _budgets(self, row: RowLayout) -> tuple[int, int]:
         n_a, n_v = row.num_audio, row.num_video
         if self.rho_audio is None:
-            return split_modalities(n_a, n_v, self.retention, PRESET_AUDIO_ADVANTAGE)
+            return split_row(row, self.retention, PRESET_AUDIO_ADVANTAGE)
         # explicit ratios, as in the reference: contextual anchors are kept on top of (1 - rho_a)
         contextual = sum(round(self.contextual_ratio * n) for n in self._audio_plan(row, 0)[2])
         keep_a = min(n_a, keep_count(n_a, 1.0 - self.rho_audio) + contextual)

@@ -14,12 +14,21 @@ from typing import ClassVar, Literal
 import torch
 import torch.nn.functional as F
 
-from sift.budget import allocate, keep_count, split_modalities
+from sift.budget import allocate, keep_count, split_row
 from sift.compressors.base import CompressionBatch, Compressor, Selection
 from sift.compressors.registry import register
-from sift.layout import Frame, Window
+from sift.layout import Frame, RowLayout, Window
 
-__all__ = ["STVP", "spatial_saliency", "temporal_saliency", "frame_saliency", "uniform_pick", "top_positions"]
+__all__ = [
+    "STVP",
+    "spatial_saliency",
+    "temporal_saliency",
+    "frame_saliency",
+    "uniform_pick",
+    "top_positions",
+    "video_frame_budgets",
+    "audio_window_budgets",
+]
 
 
 def spatial_saliency(tokens: torch.Tensor) -> torch.Tensor:
@@ -94,6 +103,7 @@ class STVP(Compressor):
 
     name: ClassVar[str] = "stvp"
     audio_policy: Literal["uniform", "none"] = "uniform"
+    audio_advantage: float = 0.0  # with "uniform": audio keeps this much more of its tokens than video
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -108,7 +118,7 @@ class STVP(Compressor):
                     continue
                 windows = row.windows
                 keep[b, batch.layout.media_mask(keep.device)[b]] = False
-                keep_a, keep_v = self._split(row.num_audio, row.num_video)
+                keep_a, keep_v = self._split(row)
                 for w, k_audio in zip(windows, audio_window_budgets(windows, keep_a)):
                     keep[b, w.audio[uniform_pick(w.num_audio, k_audio)].to(keep.device)] = True
                 for w, ks in zip(windows, video_frame_budgets(windows, keep_v)):
@@ -116,9 +126,10 @@ class STVP(Compressor):
                         keep[b, top_positions(frame.positions, score, k).to(keep.device)] = True
         return Selection(keep=keep)
 
-    def _split(self, n_audio: int, n_video: int) -> tuple[int, int]:
+    def _split(self, row: RowLayout) -> tuple[int, int]:
+        n_audio, n_video = row.num_audio, row.num_video
         if self.audio_policy == "uniform":
-            return split_modalities(n_audio, n_video, self.retention)
+            return split_row(row, self.retention, self.audio_advantage)
         total = keep_count(n_audio + n_video, self.retention)
         if total < n_audio and n_video > 0:
             raise ValueError(

@@ -1,0 +1,273 @@
+"""The learned OmniSIFT selector: learnable STVP + VGAS, a few million parameters in front of a frozen model.
+
+- VGAS (vision-guided audio selector), exactly the paper's block: audio tokens are queries, the window's
+  STVP-kept video tokens keys/values: v = LN(W_v video), a = LN(W_a audio) (D -> 512),
+  x = LN(MHA_8(q=a, k=v, v=v) + a), logit = W_2 SiLU(W_1 x) (512 -> 256 -> 1), score = sigmoid(logit).
+  4,856,321 parameters at D = 3584, 3,283,457 at D = 2048.
+- Learnable STVP: the paper's STVP is parameter-free; ours adds a residual scorer on top of its saliency
+  (a projection of the token plus its spatial and temporal saliency, through a small MLP whose last layer
+  is zero-initialised), so at initialisation it ranks exactly like the paper's STVP.
+- `init="omnizip"` adds OmniZip's audio-encoder saliency as a prior to the VGAS logit (log saliency) with
+  VGAS's last layer at zero, so the untrained selector keeps what training-free selection keeps and
+  training starts from that baseline; `init="random"` is the ablation (no prior, default init).
+
+Checkpoints are a `PreTrainedModel`: `save_pretrained(dir)` writes `config.json` + `model.safetensors`
+(the selector only, a few MB); `from_pretrained(dir)` reads them back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+__all__ = ["OmniSIFTConfig", "OmniSIFTSelector", "VGAS", "LearnableSTVP", "PUBLISHED_PREFIX"]
+
+#: Where the published OmniSIFT-7B checkpoint keeps the selector's weights.
+PUBLISHED_PREFIX = "thinker.compressor."
+
+
+class OmniSIFTConfig(PretrainedConfig):
+    """Sizes and behaviour of an OmniSIFT selector.
+
+    Args:
+        hidden_size: the LLM hidden size D the selector reads (3584 for Qwen2.5-Omni-7B, 2048 for 3B).
+        vgas_dim / vgas_heads / score_dim: VGAS widths (paper: 512 / 8 / 256).
+        stvp_dim: width of the learnable STVP token projection.
+        init: "omnizip" (start from training-free selection) or "random".
+        audio_prior: "omnizip" adds log OmniZip saliency to the VGAS logit; "none" uses VGAS alone.
+        audio_advantage: audio keeps this much more of its tokens (fraction) than video, when the budget allows.
+        ste_temperature: of the soft scores used by the straight-through estimator.
+        gumbel: add Gumbel noise to the scores before top-k while training (exploration).
+    """
+
+    model_type = "omnisift_selector"
+
+    def __init__(
+        self,
+        hidden_size: int = 3584,
+        vgas_dim: int = 512,
+        vgas_heads: int = 8,
+        score_dim: int = 256,
+        stvp_dim: int = 128,
+        stvp_hidden: int = 64,
+        init: str = "omnizip",
+        audio_prior: str | None = None,
+        audio_advantage: float = 0.3,
+        ste_temperature: float = 0.1,
+        gumbel: bool = False,
+        **kwargs: Any,
+    ):
+        if init not in ("omnizip", "random"):
+            raise ValueError(f"init must be 'omnizip' or 'random', got {init!r}")
+        audio_prior = audio_prior or ("omnizip" if init == "omnizip" else "none")
+        if audio_prior not in ("omnizip", "none"):
+            raise ValueError(f"audio_prior must be 'omnizip' or 'none', got {audio_prior!r}")
+        if ste_temperature <= 0:
+            raise ValueError(f"ste_temperature must be > 0, got {ste_temperature}")
+        self.hidden_size = hidden_size
+        self.vgas_dim = vgas_dim
+        self.vgas_heads = vgas_heads
+        self.score_dim = score_dim
+        self.stvp_dim = stvp_dim
+        self.stvp_hidden = stvp_hidden
+        self.init = init
+        self.audio_prior = audio_prior
+        self.audio_advantage = audio_advantage
+        self.ste_temperature = ste_temperature
+        self.gumbel = gumbel
+        super().__init__(**kwargs)
+
+
+class VGAS(nn.Module):
+    """Vision-guided audio selector (the paper's block; parameter names match the published weights)."""
+
+    def __init__(self, hidden_size: int, dim: int = 512, heads: int = 8, score_dim: int = 256):
+        super().__init__()
+        self.v_proj = nn.Linear(hidden_size, dim)
+        self.a_proj = nn.Linear(hidden_size, dim)
+        self.v_norm = nn.LayerNorm(dim)
+        self.a_norm = nn.LayerNorm(dim)
+        self.cross_attn = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.post_attn_norm = nn.LayerNorm(dim)
+        self.score_head = nn.Sequential(nn.Linear(dim, score_dim), nn.SiLU(), nn.Linear(score_dim, 1))
+
+    def forward(
+        self, audio: torch.Tensor, video: torch.Tensor, audio_mask: torch.Tensor, video_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (W, A) for padded windows: audio (W, A, D), video (W, V, D), masks True at real tokens."""
+        a = self.a_norm(self.a_proj(audio))
+        if video.shape[1] == 0:
+            attended = torch.zeros_like(a)
+        else:
+            v = self.v_norm(self.v_proj(video))
+            no_keys = ~video_mask.any(dim=1)
+            key_padding = ~video_mask
+            key_padding[no_keys] = False  # a window without video attends to padding, then is zeroed below
+            attended, _ = self.cross_attn(a, v, v, key_padding_mask=key_padding, need_weights=False)
+            attended = attended.masked_fill(no_keys[:, None, None], 0.0)
+        x = self.post_attn_norm(attended + a)
+        return self.score_head(x).squeeze(-1).masked_fill(~audio_mask, float("-inf"))
+
+
+class LearnableSTVP(nn.Module):
+    """Residual scorer on top of STVP saliency; zero at initialisation."""
+
+    def __init__(self, hidden_size: int, dim: int = 128, hidden: int = 64):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim + 2, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, tokens: torch.Tensor, spatial: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
+        """Residual (n,) for a frame's tokens (n, D) with their spatial and temporal saliency (n,)."""
+        features = torch.cat([self.proj(tokens), spatial[:, None], temporal[:, None]], dim=-1)
+        return self.mlp(features).squeeze(-1)
+
+
+class OmniSIFTSelector(PreTrainedModel):
+    """Learnable STVP + VGAS. Use through `sift.get_compressor("omnisift", selector=...)`."""
+
+    config_class = OmniSIFTConfig
+    base_model_prefix = "selector"
+    main_input_name = "audio"
+
+    def __init__(self, config: OmniSIFTConfig):
+        super().__init__(config)
+        self.vgas = VGAS(config.hidden_size, config.vgas_dim, config.vgas_heads, config.score_dim)
+        self.stvp = LearnableSTVP(config.hidden_size, config.stvp_dim, config.stvp_hidden)
+        self.post_init()
+        self._init_selector()
+
+    def _init_weights(self, module: nn.Module) -> None:  # keep torch's defaults; see _init_selector
+        pass
+
+    def _init_selector(self) -> None:
+        if self.config.init == "omnizip":  # VGAS contributes nothing until trained: the prior decides
+            nn.init.zeros_(self.vgas.score_head[2].weight)
+            nn.init.zeros_(self.vgas.score_head[2].bias)
+        nn.init.zeros_(self.stvp.mlp[2].weight)
+        nn.init.zeros_(self.stvp.mlp[2].bias)
+
+    @classmethod
+    def from_config(cls, config: Any, **kwargs: Any) -> "OmniSIFTSelector":
+        """A fresh selector sized for a thinker config (`Qwen2_5OmniThinkerConfig` or full `Qwen2_5OmniConfig`)."""
+        if isinstance(config, OmniSIFTConfig):
+            return cls(config)
+        thinker = getattr(config, "thinker_config", config)
+        hidden = thinker.get_text_config().hidden_size
+        return cls(OmniSIFTConfig(hidden_size=hidden, **kwargs))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    def check_hidden_size(self, hidden_size: int) -> None:
+        if hidden_size != self.config.hidden_size:
+            raise ValueError(
+                f"this OmniSIFT selector was built for hidden size {self.config.hidden_size}, but the model's "
+                f"hidden size is {hidden_size}; use a selector trained for this model"
+            )
+
+    def audio_logits(
+        self,
+        audio: torch.Tensor,
+        video: torch.Tensor,
+        audio_mask: torch.Tensor,
+        video_mask: torch.Tensor,
+        prior: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """VGAS logits for padded windows, plus log OmniZip saliency when the prior is on."""
+        dtype = self.vgas.a_proj.weight.dtype
+        logits = self.vgas(audio.to(dtype), video.to(dtype), audio_mask, video_mask).float()
+        if self.config.audio_prior == "omnizip":
+            if prior is None:
+                raise RuntimeError("this selector uses the OmniZip audio prior but no audio saliency was gathered")
+            logits = logits + torch.log(prior.float().clamp_min(1e-12))
+        return logits
+
+    def video_scores(self, tokens: torch.Tensor, spatial: torch.Tensor, temporal: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+        """STVP saliency `base` plus the learned residual, for one frame."""
+        dtype = self.stvp.proj.weight.dtype
+        residual = self.stvp(tokens.to(dtype), spatial.to(dtype), temporal.to(dtype)).float()
+        return base.float() + residual
+
+    # ------------------------------------------------------------------ published weights
+    @classmethod
+    def from_published(
+        cls, source: str | os.PathLike | Mapping[str, torch.Tensor], hidden_size: int | None = None, **config_kwargs: Any
+    ) -> "OmniSIFTSelector":
+        """Convert the published OmniSIFT-7B selector weights (keys under `thinker.compressor.`).
+
+        `source` is a state dict, a `.safetensors` shard, or a folder of shards. The learned STVP residual
+        starts at zero (the published model's STVP is parameter-free) and no OmniZip prior is used.
+        """
+        tensors = _published_tensors(source)
+        if not tensors:
+            raise ValueError(f"no tensors under {PUBLISHED_PREFIX!r} found in {_describe(source)}")
+        inferred = tensors["v_proj.weight"].shape[1] if "v_proj.weight" in tensors else None
+        if inferred is None:
+            raise ValueError(f"{_describe(source)} has no {PUBLISHED_PREFIX}v_proj.weight")
+        if hidden_size is not None and hidden_size != inferred:
+            raise ValueError(f"the published selector has hidden size {inferred}, not {hidden_size}")
+        config = OmniSIFTConfig(hidden_size=inferred, init="random", audio_prior="none", **config_kwargs)
+        model = cls(config)
+        missing, unexpected = model.vgas.load_state_dict(tensors, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"published selector does not match VGAS: missing {missing}, unexpected {unexpected}")
+        return model
+
+
+def _published_tensors(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if isinstance(source, Mapping):
+        items = source.items()
+    else:
+        from safetensors import safe_open
+
+        path = os.fspath(source)
+        files = (
+            sorted(os.path.join(path, f) for f in os.listdir(path) if f.endswith(".safetensors"))
+            if os.path.isdir(path)
+            else [path]
+        )
+        if not files:
+            raise FileNotFoundError(f"no .safetensors files in {path}")
+        items = []
+        for file in files:
+            with safe_open(file, framework="pt") as f:
+                items += [(k, f.get_tensor(k)) for k in f.keys() if k.startswith(PUBLISHED_PREFIX)]
+    return {k[len(PUBLISHED_PREFIX) :]: v for k, v in items if k.startswith(PUBLISHED_PREFIX)}
+
+
+def _describe(source: Any) -> str:
+    return "the given state dict" if isinstance(source, Mapping) else str(source)
+
+
+def soft_topk_gate(scores: torch.Tensor, k: int, temperature: float, gumbel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hard top-k mask and a straight-through gate whose value is the mask and whose gradient flows
+    through sigmoid((score - threshold) / temperature), threshold halfway between the k-th and (k+1)-th score.
+    """
+    n = scores.shape[0]
+    noisy = scores
+    if gumbel:
+        u = torch.rand_like(scores).clamp_(1e-6, 1 - 1e-6)
+        noisy = scores - torch.log(-torch.log(u)) * temperature
+    hard = torch.zeros(n, dtype=torch.bool, device=scores.device)
+    if k >= n:
+        hard[:] = True
+        threshold = noisy.detach().min() - 1.0
+    elif k <= 0:
+        threshold = noisy.detach().max() + 1.0
+    else:
+        order = torch.sort(noisy.detach(), descending=True, stable=True)
+        hard[order.indices[:k]] = True
+        threshold = (order.values[k - 1] + order.values[k]) / 2
+    soft = torch.sigmoid((noisy - threshold) / temperature)
+    gate = hard.to(scores.dtype) + (soft - soft.detach())
+    return hard, gate
