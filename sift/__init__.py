@@ -5,6 +5,7 @@ The public API:
 - `sift.build_layout` / `sift.TokenLayout`: the audio/video token layout of a Qwen2.5-Omni input in 2 s windows.
 - `sift.get_compressor(name, retention=...)`: a token-selection method (`available_compressors()` lists them).
 - `with sift.compress(model, compressor) as session:` applies it to a stock transformers model.
+- `sift.OmniSIFTSelector`: the learned selector (`save_pretrained` / `from_pretrained`).
 """
 
 from sift.compressors import (
@@ -17,6 +18,7 @@ from sift.compressors import (
 )
 from sift.layout import Frame, RowLayout, Segment, TokenLayout, Window, build_layout
 from sift.plugin import SUPPORTED_MODELS, CompressionSession, CompressionStats, compress
+from sift.selector import OmniSIFTConfig, OmniSIFTSelector
 
 __version__ = "0.1.0"
 
@@ -37,4 +39,6 @@ __all__ = [
     "CompressionSession",
     "CompressionStats",
     "SUPPORTED_MODELS",
+    "OmniSIFTSelector",
+    "OmniSIFTConfig",
 ]
