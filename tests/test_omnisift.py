@@ -189,3 +189,16 @@ def test_bad_arguments():
         OmniSIFTConfig(init="zeros")
     with pytest.raises(TypeError, match="selector"):
         OmniSIFT(retention=0.5, selector=torch.nn.Linear(2, 2))
+
+
+def test_generate_with_a_selector_checkpoint_on_bigbuckbunny(thinker, processor, tmp_path):
+    from sift.media import load_clip, sample_clip_path
+    from sift.tiny import omni_inputs
+
+    OmniSIFTSelector.from_config(thinker.config).save_pretrained(tmp_path)
+    inputs = omni_inputs(processor, [load_clip(sample_clip_path(), size=(112, 112))], ["What happens?"])
+    with torch.no_grad(), sift.compress(thinker, "omnisift", retention=0.25, selector=str(tmp_path)) as s:
+        out = thinker.generate(**inputs, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 3
+    n = s.history[0].audio_before[0] + s.history[0].video_before[0]
+    assert s.history[0].audio_after[0] + s.history[0].video_after[0] == keep_count(n, 0.25)
