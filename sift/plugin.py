@@ -243,6 +243,8 @@ class CompressionSession:
             kwargs["inputs_embeds"] = embeds
         else:
             kwargs.update(self._shrink(embeds, pos3, positions.shape[0] == 4, mask, keep, p))
+        if selection.updates is not None:
+            kwargs["inputs_embeds"] = self._apply_updates(kwargs["inputs_embeds"], selection.updates, keep, p)
         if embeds.is_cuda:
             torch.cuda.synchronize(embeds.device)
         elapsed = time.perf_counter() - start
@@ -296,6 +298,18 @@ class CompressionSession:
             raise RuntimeError(f"{self.compressor.name} dropped text or special tokens; only audio/video may go")
         if selection.embeds is not None and selection.embeds.shape != batch.embeds.shape:
             raise RuntimeError(f"{self.compressor.name} returned embeds of a different shape")
+
+    def _apply_updates(
+        self, embeds: torch.Tensor, updates: tuple[torch.Tensor, torch.Tensor, torch.Tensor], keep: torch.Tensor, p: _Prefill
+    ) -> torch.Tensor:
+        """Write a selection's sparse updates into the (possibly shrunk) decoder input."""
+        rows, positions, values = (t.to(embeds.device) for t in updates)
+        if not bool(keep[rows, positions].all()):
+            raise RuntimeError(f"{self.compressor.name} updated embeddings of tokens it dropped")
+        slot = torch.full(keep.shape, -1, dtype=torch.long, device=embeds.device)
+        src_rows, src, dst = p.slots
+        slot[src_rows, src] = dst
+        return embeds.index_put((rows, slot[rows, positions]), values.to(embeds.dtype))
 
     @staticmethod
     def _shrink(

@@ -114,11 +114,11 @@ def test_anchor_merge_by_hand(tokenizer, processor, thinker_config):
     # the same through select(): rho_audio 0.75 keeps 10 + 2 anchors of 40, rho_video 0.5 keeps 4 of 8
     sel = OmniZip(rho_audio=0.75, rho_video=0.5).select(batch)
     assert int(sel.keep[0, audio].sum()) == 12 and int(sel.keep[0, window.video].sum()) == 4
-    assert torch.allclose(sel.embeds[0, audio[0]], expected, atol=1e-6)
-    untouched = torch.ones(ids.shape[1], dtype=torch.bool)
-    untouched[[int(audio[0]), int(audio[15])]] = False
-    assert torch.equal(sel.embeds[0, untouched], embeds[0, untouched])
-    assert OmniZip(rho_audio=0.75, rho_video=0.5, merge=False).select(batch).embeds is None
+    rows, positions, values = sel.updates
+    assert rows.tolist() == [0, 0] and sorted(positions.tolist()) == sorted([int(audio[0]), int(audio[15])])
+    assert torch.allclose(values[positions.tolist().index(int(audio[0]))], expected, atol=1e-6)
+    assert sel.embeds is None  # only the two anchors change: no full copy of the embeddings
+    assert OmniZip(rho_audio=0.75, rho_video=0.5, merge=False).select(batch).updates is None
 
 
 def test_odd_frame_keeps_the_changed_cells(tokenizer, processor, thinker_config):
@@ -219,3 +219,32 @@ def test_audio_keeps_follow_encoder_saliency(thinker, synth_inputs):
     expected = audio_positions[torch.sort(saliency, descending=True, stable=True).indices[:k]].sort().values
     kept = session.stats.kept_positions[0]
     assert torch.equal(kept[torch.isin(kept, audio_positions)], expected)
+
+
+def test_merged_anchors_reach_the_decoder(thinker, synth_inputs):
+    """The plug-in writes the merged anchors into the shrunk decoder input, at the anchors' slots."""
+    seen = {}
+
+    def record(module, args, kwargs):
+        seen["embeds"] = kwargs["inputs_embeds"]
+
+    comp = OmniZip(retention=0.4)
+    original_select = comp.select
+    captured = {}
+
+    def select(batch):
+        sel = original_select(batch)
+        captured["sel"], captured["embeds"] = sel, batch.embeds
+        return sel
+
+    comp.select = select
+    with torch.no_grad(), sift.compress(thinker, comp) as session:
+        h = thinker.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
+        thinker(**synth_inputs)
+        h.remove()
+    rows, positions, values = captured["sel"].updates
+    kept = session.stats.kept_positions[0].tolist()
+    for pos, value in zip(positions.tolist(), values):
+        assert torch.equal(seen["embeds"][0, kept.index(pos)], value)
+    others = [i for i, pos in enumerate(kept) if pos not in positions.tolist()]
+    assert torch.equal(seen["embeds"][0, others], captured["embeds"][0, [kept[i] for i in others]])

@@ -46,6 +46,9 @@ class Selection:
     keep: torch.Tensor  # (B, L) bool; must be True at every text, special and image token
     embeds: torch.Tensor | None = None  # (B, L, D) rewritten embeddings (merging, straight-through gates)
     scores: torch.Tensor | None = None  # (B, L) soft scores, for training and inspection
+    # Sparse rewrite of a few KEPT tokens, (rows (n,), positions (n,), values (n, D)): cheaper than a
+    # full `embeds` copy when only some tokens change (e.g. merged anchors). Applied after `embeds`.
+    updates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
 
 @dataclass

@@ -131,7 +131,7 @@ class OmniZip(Compressor):
         media = batch.layout.media_mask(keep.device)
         keep &= ~media
         embeds = batch.embeds
-        new_embeds = None
+        updates: list[tuple[int, int, torch.Tensor]] = []
         with torch.no_grad():
             for b, row in enumerate(batch.layout.rows):
                 if row.num_tokens == 0:
@@ -144,14 +144,16 @@ class OmniZip(Compressor):
                     keep[b, kept.to(keep.device)] = True
                     for w in segment.windows:
                         window_kept_audio[id(w)] = int(torch.isin(w.audio, kept).sum())
-                    if merges:
-                        if new_embeds is None:
-                            new_embeds = embeds.detach().clone()
-                        for anchor, members, weights in merges:
-                            merged = (weights[:, None].to(embeds.dtype) * embeds[b, members]).sum(0)
-                            new_embeds[b, anchor] = (embeds[b, anchor] + merged) / 2
+                    for anchor, members, weights in merges:
+                        merged = (weights[:, None].to(embeds.dtype) * embeds[b, members]).sum(0)
+                        updates.append((b, anchor, (embeds[b, anchor] + merged) / 2))
                 self._select_video(batch, b, row, keep_v, window_kept_audio, keep)
-        return Selection(keep=keep, embeds=new_embeds)
+        if not updates:
+            return Selection(keep=keep)
+        dev = embeds.device
+        rows = torch.tensor([u[0] for u in updates], device=dev)
+        positions = torch.tensor([u[1] for u in updates], device=dev)
+        return Selection(keep=keep, updates=(rows, positions, torch.stack([u[2] for u in updates])))
 
     def _budgets(self, row: RowLayout) -> tuple[int, int]:
         n_a, n_v = row.num_audio, row.num_video
