@@ -169,8 +169,8 @@ def self_similarity(tokens: torch.Tensor) -> torch.Tensor:
     if n <= 1:
         return torch.zeros(n, device=tokens.device)
     x = F.normalize(tokens.float(), dim=-1)
-    sim = x @ x.T
-    return (sim.sum(dim=1) - sim.diagonal()) / (n - 1)
+    # sum_j x_i . x_j = x_i . (sum_j x_j): O(n d) instead of the n x n similarity matrix
+    return (x @ x.sum(dim=0) - (x * x).sum(dim=-1)) / (n - 1)
 
 
 def spread_keep_ratios(relevance: torch.Tensor, sizes: list[int], keep: int) -> list[float]:
