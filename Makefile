@@ -6,10 +6,14 @@ STAMP := $(VENV)/.sift-installed
 
 .PHONY: install demo test clean
 
+# deepspeed ships as an sdist whose build needs torch: build it against the torch installed first
+# (DS_BUILD_OPS=0: its ops are JIT-compiled on GPU nodes when used), then add the train extra.
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -e ".[dev]"
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
+	$(PY) -m pip install --quiet -e ".[dev,train]"
 	touch $(STAMP)
 
 install: $(STAMP)
