@@ -16,7 +16,7 @@ from sift.compressors import (
     get_compressor,
     register,
 )
-from sift.layout import Frame, RowLayout, Segment, TokenLayout, Window, build_layout
+from sift.layout import Frame, RowLayout, Segment, TokenLayout, Window, build_layout, layout_of
 from sift.plugin import SUPPORTED_MODELS, CompressionSession, CompressionStats, compress
 from sift.selector import OmniSIFTConfig, OmniSIFTSelector
 
@@ -24,6 +24,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "build_layout",
+    "layout_of",
     "TokenLayout",
     "RowLayout",
     "Segment",

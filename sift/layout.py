@@ -20,7 +20,27 @@ from typing import Any, Literal
 
 import torch
 
-__all__ = ["Frame", "Window", "Segment", "RowLayout", "TokenLayout", "build_layout", "audio_tokens_from_features"]
+__all__ = [
+    "Frame",
+    "Window",
+    "Segment",
+    "RowLayout",
+    "TokenLayout",
+    "build_layout",
+    "layout_of",
+    "LAYOUT_KEYS",
+    "audio_tokens_from_features",
+]
+
+#: The thinker inputs besides `input_ids` that the layout is read from.
+LAYOUT_KEYS = (
+    "attention_mask",
+    "video_grid_thw",
+    "video_second_per_grid",
+    "feature_attention_mask",
+    "audio_feature_lengths",
+    "use_audio_in_video",
+)
 
 SegmentKind = Literal["audio_in_video", "video", "audio"]
 
@@ -330,6 +350,11 @@ def build_layout(
     if audio_counts is not None and audio_idx != len(audio_counts):
         raise ValueError(f"{len(audio_counts)} audio inputs were given but input_ids hold {audio_idx}")
     return TokenLayout(rows=rows, seq_len=ids_cpu.shape[1], seconds_per_chunk=float(seconds_per_chunk))
+
+
+def layout_of(inputs: Any, config: Any) -> TokenLayout:
+    """The layout of a processor output (or any dict of thinker inputs): `build_layout` on its keys."""
+    return build_layout(inputs["input_ids"], config, **{k: inputs.get(k) for k in LAYOUT_KEYS})
 
 
 def _segment_windows(

@@ -28,18 +28,11 @@ from torch.utils.hooks import RemovableHandle
 from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniThinkerForConditionalGeneration
 
 from sift.compressors import CompressionBatch, Compressor, Selection, get_compressor
-from sift.layout import TokenLayout, build_layout
+from sift.layout import LAYOUT_KEYS, TokenLayout, layout_of
 
 __all__ = ["compress", "CompressionSession", "CompressionStats", "SUPPORTED_MODELS"]
 
 SUPPORTED_MODELS = (Qwen2_5OmniThinkerForConditionalGeneration, Qwen2_5OmniForConditionalGeneration)
-_LAYOUT_KEYS = (
-    "video_grid_thw",
-    "video_second_per_grid",
-    "feature_attention_mask",
-    "audio_feature_lengths",
-    "use_audio_in_video",
-)
 
 
 @dataclass
@@ -138,7 +131,7 @@ class CompressionSession:
             def generate_with_layout(*args: Any, **kwargs: Any) -> Any:
                 # generate() encodes images/videos up front and drops their grids (and an all-ones mask)
                 # before the prefill forward: keep what the layout needs for the duration of the call.
-                session._generate_inputs = {k: kwargs.get(k) for k in _LAYOUT_KEYS}
+                session._generate_inputs = {k: kwargs.get(k) for k in LAYOUT_KEYS}
                 session.signals.clear()
                 try:
                     return generate(thinker, *args, **kwargs)
@@ -190,8 +183,9 @@ class CompressionSession:
             # The stock model computes 3D positions only with a mask; give it the trivial one.
             attention_mask = torch.ones_like(input_ids)
             kwargs["attention_mask"] = attention_mask
-        given = {k: kwargs.get(k) if kwargs.get(k) is not None else self._generate_inputs.get(k) for k in _LAYOUT_KEYS}
-        layout = build_layout(input_ids, self.thinker.config, attention_mask=attention_mask, **given)
+        # generate() drops the grids before the prefill forward: fall back to what its wrapper kept
+        given = {k: kwargs.get(k) if kwargs.get(k) is not None else self._generate_inputs.get(k) for k in LAYOUT_KEYS}
+        layout = layout_of({**given, "input_ids": input_ids, "attention_mask": attention_mask}, self.thinker.config)
         if layout.is_empty:
             return (), kwargs
         if not self._generate_inputs:

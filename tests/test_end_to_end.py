@@ -12,15 +12,7 @@ from sift.tiny import omni_inputs
 
 
 def _layout(model, inputs):
-    return sift.build_layout(
-        inputs["input_ids"],
-        model.config,
-        attention_mask=inputs["attention_mask"],
-        video_grid_thw=inputs.get("video_grid_thw"),
-        video_second_per_grid=inputs.get("video_second_per_grid"),
-        feature_attention_mask=inputs.get("feature_attention_mask"),
-        use_audio_in_video=inputs.get("use_audio_in_video"),
-    )
+    return sift.layout_of(inputs, model.config)
 
 
 def _compress_and_generate(model, inputs, retention=0.35):

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytest
 import torch
+
+import sift
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -350,15 +352,7 @@ def check_layout(layout: TokenLayout, batch: Batch, pos: torch.Tensor, processor
 
 
 def _synth_layout(synth_inputs, thinker_config):
-    return build_layout(
-        synth_inputs["input_ids"],
-        thinker_config,
-        attention_mask=synth_inputs["attention_mask"],
-        video_grid_thw=synth_inputs["video_grid_thw"],
-        video_second_per_grid=synth_inputs["video_second_per_grid"],
-        feature_attention_mask=synth_inputs["feature_attention_mask"],
-        use_audio_in_video=True,
-    )
+    return sift.layout_of(synth_inputs, thinker_config)
 
 
 def test_processor_output_windows(synth_inputs, thinker_config, thinker):

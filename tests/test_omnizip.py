@@ -58,25 +58,8 @@ def test_merge_weights_are_softmax():
     assert w.tolist() == pytest.approx([math.e / (1 + math.e), 1 / (1 + math.e)])
 
 
-def _hand_batch(tokenizer, processor, thinker_config, n_audio: int, grid=(2, 4, 4)):
-    """One audio-in-video segment built with the processor's own interleaving rule."""
-    s = processor.replace_video_with_audio_token(
-        {"video_grid_thw": torch.tensor([list(grid)]), "video_second_per_grid": [1.0]},
-        0,
-        {"num_audio_tokens": [n_audio]},
-        0,
-        position_id_per_seconds=25,
-        seconds_per_chunk=2.0,
-    )
-    ids = tokenizer("ab<|vision_bos|>" + s + "<|vision_eos|>cd", return_tensors="pt").input_ids
-    layout = sift.build_layout(
-        ids, thinker_config, video_grid_thw=torch.tensor([list(grid)]), video_second_per_grid=torch.tensor([1.0])
-    )
-    return ids, layout
-
-
-def test_anchor_merge_by_hand(tokenizer, processor, thinker_config):
-    ids, layout = _hand_batch(tokenizer, processor, thinker_config, n_audio=40)
+def test_anchor_merge_by_hand(interleaved):
+    ids, layout = interleaved(n_audio=40, grid=(2, 4, 4))
     (window,) = layout.rows[0].windows
     D = 8
     e = torch.eye(D)
@@ -121,8 +104,8 @@ def test_anchor_merge_by_hand(tokenizer, processor, thinker_config):
     assert OmniZip(rho_audio=0.75, rho_video=0.5, merge=False).select(batch).updates is None
 
 
-def test_odd_frame_keeps_the_changed_cells(tokenizer, processor, thinker_config):
-    ids, layout = _hand_batch(tokenizer, processor, thinker_config, n_audio=50, grid=(2, 8, 8))
+def test_odd_frame_keeps_the_changed_cells(interleaved):
+    ids, layout = interleaved(n_audio=50, grid=(2, 8, 8))
     (window,) = layout.rows[0].windows
     f0, f1 = window.frames
     embeds = torch.randn(1, ids.shape[1], 8, generator=torch.Generator().manual_seed(0))
@@ -154,12 +137,7 @@ def test_exact_budget_through_the_model(thinker, processor, retention):
     s = session.stats
     n = s.audio_before[0] + s.video_before[0]
     assert s.audio_after[0] + s.video_after[0] == keep_count(n, retention)
-    layout = sift.build_layout(
-        inputs["input_ids"],
-        thinker.config,
-        video_grid_thw=inputs["video_grid_thw"],
-        video_second_per_grid=inputs["video_second_per_grid"],
-    )
+    layout = sift.layout_of(inputs, thinker.config)
     assert (s.audio_after[0], s.video_after[0]) == split_row(layout.rows[0], retention, 0.3)
     assert out.logits.shape[1] == s.tokens_after[0]
 

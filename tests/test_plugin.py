@@ -63,14 +63,7 @@ def test_full_retention_is_bit_identical(thinker_config, synth_inputs, attn, met
 
 def test_half_retention_token_count_and_positions(thinker, synth_inputs):
     ids = synth_inputs["input_ids"]
-    layout = sift.build_layout(
-        ids,
-        thinker.config,
-        attention_mask=synth_inputs["attention_mask"],
-        video_grid_thw=synth_inputs["video_grid_thw"],
-        video_second_per_grid=synth_inputs["video_second_per_grid"],
-        feature_attention_mask=synth_inputs["feature_attention_mask"],
-    )
+    layout = sift.layout_of(synth_inputs, thinker.config)
     n_media, n_text = layout.num_tokens, ids.shape[1] - layout.num_tokens
     full_positions, _ = thinker.model.get_rope_index(
         ids,

@@ -12,28 +12,16 @@ from sift.media import synth_clip
 from sift.tiny import omni_inputs
 
 
-def _batch(tokenizer, processor, thinker_config, n_audio=50, grid=(2, 8, 8), seed=0):
-    s = processor.replace_video_with_audio_token(
-        {"video_grid_thw": torch.tensor([list(grid)]), "video_second_per_grid": [1.0]},
-        0,
-        {"num_audio_tokens": [n_audio]},
-        0,
-        position_id_per_seconds=25,
-        seconds_per_chunk=2.0,
-    )
-    ids = tokenizer("q<|vision_bos|>" + s + "<|vision_eos|>?", return_tensors="pt").input_ids
-    layout = sift.build_layout(
-        ids, thinker_config, video_grid_thw=torch.tensor([list(grid)]), video_second_per_grid=torch.tensor([1.0])
-    )
+def _batch(interleaved, n_audio=50, grid=(2, 8, 8), seed=0):
+    ids, layout = interleaved(n_audio=n_audio, grid=grid)
     embeds = torch.randn(1, ids.shape[1], 8, generator=torch.Generator().manual_seed(seed))
-    batch = sift.CompressionBatch(
+    return sift.CompressionBatch(
         embeds=embeds,
         layout=layout,
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
         position_ids=torch.zeros(3, 1, ids.shape[1], dtype=torch.long),
     )
-    return batch
 
 
 def test_saliency_formulas():
@@ -52,8 +40,8 @@ def test_uniform_pick_spreads_evenly():
     assert uniform_pick(7, 0).tolist() == []
 
 
-def test_first_frame_spatial_second_frame_temporal(tokenizer, processor, thinker_config):
-    batch = _batch(tokenizer, processor, thinker_config)
+def test_first_frame_spatial_second_frame_temporal(interleaved):
+    batch = _batch(interleaved)
     (window,) = batch.layout.rows[0].windows
     f0, f1 = window.frames
     e = batch.embeds
@@ -74,8 +62,8 @@ def test_first_frame_spatial_second_frame_temporal(tokenizer, processor, thinker
     assert kept_audio.tolist() == uniform_pick(50, keep_a).tolist()
 
 
-def test_audio_policy_none_keeps_all_audio(tokenizer, processor, thinker_config):
-    batch = _batch(tokenizer, processor, thinker_config, n_audio=20, grid=(4, 8, 8))
+def test_audio_policy_none_keeps_all_audio(interleaved):
+    batch = _batch(interleaved, n_audio=20, grid=(4, 8, 8))
     sel = STVP(retention=0.5, audio_policy="none").select(batch)
     row = batch.layout.rows[0]
     assert int(sel.keep[0, row.audio_positions()].sum()) == 20
