@@ -16,6 +16,7 @@ from sift.compressors import (
     get_compressor,
     register,
 )
+from sift.flops import flops, flops_ratio
 from sift.layout import Frame, RowLayout, Segment, TokenLayout, Window, build_layout, layout_of
 from sift.plugin import SUPPORTED_MODELS, CompressionSession, CompressionStats, compress
 from sift.selector import OmniSIFTConfig, OmniSIFTSelector
@@ -42,4 +43,6 @@ __all__ = [
     "SUPPORTED_MODELS",
     "OmniSIFTSelector",
     "OmniSIFTConfig",
+    "flops",
+    "flops_ratio",
 ]

@@ -1,4 +1,9 @@
-"""The `sift` command line. `sift demo` runs every registered method on the embedded default."""
+"""The `sift` command line.
+
+- `sift demo`: every registered method on the embedded default (tiny model, bundled clip).
+- `sift eval`: multiple-choice accuracy on an audio-visual manifest, every method x retention in one run.
+- `sift bench`: encoder / selection / prefill / first-token / decode time, memory and FLOPs per method.
+"""
 
 from __future__ import annotations
 
@@ -67,14 +72,49 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from sift.evaluate import run_eval
+
+    run_eval(args)
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from sift.bench import run_bench
+
+    run_bench(args)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sift", description=__doc__)
+    from sift import bench, evaluate
+
+    parser = argparse.ArgumentParser(prog="sift", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run every registered method on the embedded default clip and model")
     demo.add_argument("--retentions", type=float, nargs="+", default=[0.5, 0.35, 0.25])
     demo.set_defaults(func=_demo)
+    ev = sub.add_parser(
+        "eval",
+        help="multiple-choice accuracy of a thinker on an AV manifest for methods x retentions",
+        description=evaluate.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_arguments(ev).set_defaults(func=_eval)
+    be = sub.add_parser(
+        "bench",
+        help="time encoders, selection, prefill, first token and decode per method x retention",
+        description=bench.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    bench.add_arguments(be).set_defaults(func=_bench)
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
-    return args.func(args)
+    args.command_line = "sift " + " ".join(argv)
+    try:
+        return args.func(args)
+    except evaluate.UsageError as e:
+        parser.exit(2, f"sift {args.command}: error: {e}\n")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,241 @@
+"""LLM FLOPs of a Qwen2.5-Omni prefill + decode (OmniZip's Eq. 9), and the real model sizes.
+
+:func:`flops` is Eq. 9 of the OmniZip paper, the LLM only (no encoders, no lm_head), for ``n`` prompt tokens
+and ``R`` generated tokens through ``T`` decoder layers of hidden size ``d`` and FFN size ``m``::
+
+    T * (4*n*d^2 + 2*n^2*d + 2*n*d*m)                          # prefill: projections, attention, FFN
+  + T * R * ((4*d^2 + 2*d*m) + 2*(d*n + d*(R + 1)/2))          # R decode steps over a growing cache
+
+(the paper's accounting: multiply-adds counted once, square attention projections, no causal halving). Its
+ratio between a compressed and a full prompt is what token-compression papers report as "FLOPs".
+
+:data:`QWEN25_OMNI_7B` and :data:`QWEN25_OMNI_3B` hold the real thinkers' dimensions (text model, audio
+and vision encoders, token ids), so sizes, FLOPs and random-weight benchmark models need no download.
+:func:`omni_thinker_config` builds a :class:`~transformers.Qwen2_5OmniThinkerConfig` at those dims (optionally
+with fewer decoder layers, tiny encoders, or a smaller vocabulary) whose token ids match a given tokenizer
+(default: :func:`sift.tiny.tiny_tokenizer`), and :func:`random_thinker` a random-weight model from it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+__all__ = [
+    "flops",
+    "flops_ratio",
+    "text_dims",
+    "QWEN25_OMNI_7B",
+    "QWEN25_OMNI_3B",
+    "SIZES",
+    "omni_thinker_config",
+    "random_thinker",
+]
+
+#: Qwen2.5-Omni-7B thinker (config.json of Qwen/Qwen2.5-Omni-7B; REFERENCE.md section 1).
+QWEN25_OMNI_7B: dict[str, Any] = {
+    "text": dict(
+        hidden_size=3584,
+        num_hidden_layers=28,
+        intermediate_size=18944,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        head_dim=128,
+        vocab_size=152064,
+        mrope_section=[16, 24, 24],
+        rope_theta=1_000_000.0,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=32768,
+    ),
+    "audio": dict(
+        d_model=1280,
+        encoder_layers=32,
+        encoder_attention_heads=20,
+        encoder_ffn_dim=5120,
+        num_mel_bins=128,
+        max_source_positions=1500,
+        n_window=100,
+        output_dim=3584,
+    ),
+    "vision": dict(
+        depth=32,
+        hidden_size=1280,
+        num_heads=16,
+        intermediate_size=3420,
+        in_channels=3,
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[7, 15, 23, 31],
+        out_hidden_size=3584,
+    ),
+    "token_ids": dict(
+        audio_token_id=151646,
+        audio_start_token_id=151647,
+        audio_end_token_id=151648,
+        vision_start_token_id=151652,
+        vision_end_token_id=151653,
+        image_token_id=151655,
+        video_token_id=151656,
+    ),
+    # language model = embeddings + decoder layers + final norm; lm_head (untied) is separate. These dims give
+    # exactly these counts (checked in tests/test_flops.py on the meta device).
+    "parameters": dict(thinker=8.93e9, audio=640e6, vision=677e6, llm=7.07e9, lm_head=0.545e9),
+}
+
+#: Qwen2.5-Omni-3B thinker: same encoders (projecting to 2048), a 36-layer 2048-wide LLM.
+QWEN25_OMNI_3B: dict[str, Any] = copy.deepcopy(QWEN25_OMNI_7B)
+QWEN25_OMNI_3B["text"].update(
+    hidden_size=2048,
+    num_hidden_layers=36,
+    intermediate_size=11008,
+    num_attention_heads=16,
+    num_key_value_heads=2,
+    head_dim=128,
+    vocab_size=151936,
+)
+QWEN25_OMNI_3B["audio"]["output_dim"] = 2048
+QWEN25_OMNI_3B["vision"]["out_hidden_size"] = 2048
+QWEN25_OMNI_3B["parameters"] = dict(thinker=4.70e9, audio=638e6, vision=669e6, llm=3.09e9, lm_head=0.311e9)
+
+SIZES: dict[str, dict[str, Any]] = {"7b": QWEN25_OMNI_7B, "3b": QWEN25_OMNI_3B}
+
+
+# ------------------------------------------------------------------------------------------------ FLOPs
+def text_dims(config: Any) -> tuple[int, int, int]:
+    """(layers T, hidden d, FFN m) of the LLM described by ``config``.
+
+    Accepts a ``Qwen2_5OmniConfig`` (its thinker), a ``Qwen2_5OmniThinkerConfig`` (its text config), a text
+    config, a model (its ``.config``), or a mapping: :data:`QWEN25_OMNI_7B`-style (``"text"`` key) or flat
+    (``hidden_size``, ``num_hidden_layers``, ``intermediate_size``).
+    """
+    if isinstance(config, torch.nn.Module):
+        config = config.config
+    if isinstance(config, Mapping):
+        text = config.get("text", config)
+        get = text.get
+    else:
+        for attr in ("thinker_config", "text_config"):
+            sub = getattr(config, attr, None)
+            if sub is not None:
+                config = sub
+        get = lambda k: getattr(config, k, None)  # noqa: E731
+    values = [get(k) for k in ("num_hidden_layers", "hidden_size", "intermediate_size")]
+    if any(v is None for v in values):
+        raise TypeError(
+            f"cannot read num_hidden_layers / hidden_size / intermediate_size from a {type(config).__name__}"
+        )
+    return int(values[0]), int(values[1]), int(values[2])
+
+
+def flops(thinker_config: Any, n_tokens: int, new_tokens: int = 100) -> float:
+    """OmniZip Eq. 9: LLM FLOPs of a prefill over ``n_tokens`` and ``new_tokens`` (R) decode steps.
+
+    ``T*(4*n*d^2 + 2*n^2*d + 2*n*d*m) + T*R*((4*d^2 + 2*d*m) + 2*(d*n + d*(R+1)/2))``, with T layers, hidden
+    d and FFN m of the thinker's text model (see :func:`text_dims` for what ``thinker_config`` may be).
+    Computed exactly in integers (``2*d*(R+1)/2 = d*(R+1)``), returned as a float.
+    """
+    n, R = int(n_tokens), int(new_tokens)
+    if n < 0 or R < 0:
+        raise ValueError(f"n_tokens and new_tokens must be >= 0, got {n_tokens}, {new_tokens}")
+    T, d, m = text_dims(thinker_config)
+    prefill = T * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
+    decode = T * R * ((4 * d * d + 2 * d * m) + 2 * d * n + d * (R + 1))
+    return float(prefill + decode)
+
+
+def flops_ratio(config: Any, n_compressed: int, n_full: int, new_tokens: int = 100) -> float:
+    """``flops(config, n_compressed, R) / flops(config, n_full, R)``: the FLOPs kept by compression."""
+    full = flops(config, n_full, new_tokens)
+    if full == 0:
+        raise ValueError("flops of the full input is 0 (n_full = new_tokens = 0)")
+    return flops(config, n_compressed, new_tokens) / full
+
+
+# ------------------------------------------------------------------------------------- random models
+def omni_thinker_config(
+    size: str = "7b",
+    *,
+    layers: int | None = None,
+    encoders: str = "real",
+    vocab_size: int | None = None,
+    tokenizer: Any = None,
+    attn_implementation: str = "sdpa",
+) -> Any:
+    """A ``Qwen2_5OmniThinkerConfig`` at Qwen2.5-Omni-7B's or -3B's dims, for random-weight benchmarks.
+
+    Args:
+        size: ``"7b"`` or ``"3b"`` (:data:`SIZES`).
+        layers: build only this many decoder layers (default: all; time per layer scales linearly, see
+            ``sift bench --layers``).
+        encoders: ``"real"`` (the real audio and vision encoder dims, for timing them) or ``"tiny"`` (the
+            tiny encoders of :mod:`sift.tiny`, projecting to the real hidden size: the LLM is real-sized,
+            the encoders cost next to nothing).
+        vocab_size: embedding / lm_head rows (default: the real vocabulary). Must cover the tokenizer.
+        tokenizer: whose special-token ids the config uses (default :func:`sift.tiny.tiny_tokenizer`), so
+            that input ids built with it (and its processor) are parsed correctly.
+    """
+    from transformers import Qwen2_5OmniAudioEncoderConfig, Qwen2_5OmniVisionEncoderConfig
+
+    from sift.tiny import tiny_thinker_config
+
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    if encoders not in ("real", "tiny"):
+        raise ValueError(f"encoders must be 'real' or 'tiny', got {encoders!r}")
+    dims = SIZES[size]
+    t = dims["text"]
+    n_layers = t["num_hidden_layers"] if layers is None else int(layers)
+    if not 1 <= n_layers <= t["num_hidden_layers"]:
+        raise ValueError(f"layers must be in 1..{t['num_hidden_layers']} for {size}, got {layers}")
+    config = tiny_thinker_config(
+        tokenizer,
+        hidden_size=t["hidden_size"],
+        num_layers=n_layers,
+        vocab_size=t["vocab_size"] if vocab_size is None else int(vocab_size),
+        attn_implementation=attn_implementation,
+        intermediate_size=t["intermediate_size"],
+        num_attention_heads=t["num_attention_heads"],
+        num_key_value_heads=t["num_key_value_heads"],
+        head_dim=t["head_dim"],
+        rms_norm_eps=t["rms_norm_eps"],
+        max_position_embeddings=t["max_position_embeddings"],
+        rope_parameters={"rope_type": "default", "rope_theta": t["rope_theta"], "mrope_section": list(t["mrope_section"])},
+    )
+    if encoders == "real":
+        config.audio_config = Qwen2_5OmniAudioEncoderConfig(**dims["audio"])
+        config.vision_config = Qwen2_5OmniVisionEncoderConfig(**dims["vision"])
+    return config
+
+
+def random_thinker(
+    config: Any,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+) -> Any:
+    """A random-weight ``Qwen2_5OmniThinkerForConditionalGeneration`` built directly on ``device`` in ``dtype``.
+
+    Weights are transformers' own initialisation under ``seed`` (timing does not depend on their values);
+    building on the target device in the target dtype avoids a full-size float32 copy on the host.
+    """
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    previous = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(seed)
+        torch.set_default_dtype(dtype)
+        try:
+            model = Qwen2_5OmniThinkerForConditionalGeneration(config)
+        finally:
+            torch.set_default_dtype(previous)
+    model = model.to(device=device, dtype=dtype).eval()
+    gen = model.generation_config
+    gen.pad_token_id = config.pad_token_id
+    gen.eos_token_id = config.eos_token_id
+    return model
