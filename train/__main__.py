@@ -1,0 +1,42 @@
+"""`python -m train <fit|validate|...> --config configs/<name>.yaml ...` (LightningCLI) or
+`python -m train export <checkpoint> <out_dir>` (selector + LoRA adapter out of a checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _export(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m train export",
+        description="Export the trained selector (save_pretrained folder) and LoRA adapter (out_dir/lora) "
+        "from a Lightning .ckpt file or a DeepSpeed ZeRO checkpoint directory.",
+    )
+    parser.add_argument("checkpoint", help="Lightning .ckpt file or DeepSpeed checkpoint directory")
+    parser.add_argument("out_dir", help="folder to write config.json + model.safetensors (+ lora/)")
+    args = parser.parse_args(argv)
+    from train.export import export
+
+    try:
+        out = export(args.checkpoint, args.out_dir)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        print(f"export failed: {e}", file=sys.stderr)
+        return 2
+    extra = " (+ lora/)" if (out / "lora").is_dir() else ""
+    print(f"exported selector to {out}{extra}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "export":
+        return _export(args[1:])
+    from train.cli import cli_main
+
+    cli_main(argv)  # None: LightningCLI reads sys.argv itself (and DDP re-launches work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
