@@ -53,6 +53,7 @@ if __package__ in (None, ""):  # run as a script from a checkout without `pip in
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sift  # noqa: E402
+from sift.bench import cpu_model, loadavg  # noqa: E402  (shared machine-info helpers)
 from sift.budget import keep_count  # noqa: E402
 from sift.layout import audio_tokens_from_features  # noqa: E402
 from sift.tiny import tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer  # noqa: E402
@@ -81,23 +82,6 @@ OPTIONAL_METHOD_MODULES = ("sift.compressors.dycoke", "sift.compressors.omnisele
 
 
 # ---------------------------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def loadavg() -> list[float] | None:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
-
-
 def machine_info(device: torch.device) -> dict[str, Any]:
     import transformers
 

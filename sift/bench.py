@@ -82,7 +82,7 @@ DEFAULT_RETENTIONS = (0.25, 0.35)
 
 
 # ----------------------------------------------------------------------------------------------- machine
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -105,7 +105,7 @@ def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
 
     device = torch.device(device)
     info: dict[str, Any] = {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "logical_cpus": os.cpu_count(),
         "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(),
