@@ -1,6 +1,7 @@
 """The `sift` command line.
 
 - `sift demo`: every registered method on the embedded default (tiny model, bundled clip).
+- `sift synthav`: generate the SynthAV benchmark (mp4 clips + question manifests).
 - `sift eval`: multiple-choice accuracy on an audio-visual manifest, every method x retention in one run.
 - `sift bench`: encoder / selection / prefill / first-token / decode time, memory and FLOPs per method.
 """
@@ -72,6 +73,34 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _synthav(args: argparse.Namespace) -> int:
+    from sift.evaluate import UsageError
+    from sift.synthav import CATEGORIES, generate
+
+    splits = {k: n for k, n in (("train", args.train), ("validation", args.validation), ("test", args.test)) if n}
+    if not splits:
+        raise UsageError("nothing to generate: give --train, --validation and/or --test a positive count")
+    bad = [c for c in args.categories if c not in CATEGORIES]
+    if bad:
+        raise UsageError(f"unknown categories {bad}; expected some of {list(CATEGORIES)}")
+    try:
+        paths = generate(
+            args.out,
+            splits,
+            seed=args.seed,
+            min_seconds=args.min_seconds,
+            max_seconds=args.max_seconds,
+            size=args.size,
+            categories=args.categories,
+            workers=args.workers,
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from e
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    return 0
+
+
 def _eval(args: argparse.Namespace) -> int:
     from sift.evaluate import run_eval
 
@@ -94,6 +123,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run every registered method on the embedded default clip and model")
     demo.add_argument("--retentions", type=float, nargs="+", default=[0.5, 0.35, 0.25])
     demo.set_defaults(func=_demo)
+    sa = sub.add_parser(
+        "synthav",
+        help="generate SynthAV clips (mp4) and question manifests (see sift.synthav)",
+        description="Generate the SynthAV audio-visual QA benchmark: OUT/videos/*.mp4 and OUT/<split>.jsonl.",
+    )
+    sa.add_argument("out", help="output folder")
+    sa.add_argument("--train", type=int, default=0, help="number of training clips")
+    sa.add_argument("--validation", type=int, default=0, help="number of validation clips")
+    sa.add_argument("--test", type=int, default=0, help="number of test clips")
+    sa.add_argument("--seed", type=int, default=0)
+    sa.add_argument("--min-seconds", type=int, default=6)
+    sa.add_argument("--max-seconds", type=int, default=20)
+    sa.add_argument("--size", type=int, default=112, help="frame side in pixels")
+    sa.add_argument("--categories", nargs="+", default=["cross-modal", "audio", "video"])
+    sa.add_argument("--workers", type=int, help="processes (default: the number of CPUs)")
+    sa.set_defaults(func=_synthav)
     ev = sub.add_parser(
         "eval",
         help="multiple-choice accuracy of a thinker on an AV manifest for methods x retentions",

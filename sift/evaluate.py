@@ -142,17 +142,6 @@ def load_model(model: str, processor: str | None, device: torch.device, dtype: t
     return thinker, proc
 
 
-def _video_size(processor: Any) -> dict[str, int] | None:
-    size = processor.video_processor.size
-    get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
-    shortest, longest = get("shortest_edge"), get("longest_edge")
-    if shortest is None or longest is None:
-        shortest, longest = get("min_pixels"), get("max_pixels")
-    if shortest is None or longest is None:
-        return None
-    return {"shortest_edge": int(shortest), "longest_edge": int(longest)}
-
-
 def prepare(processor: Any, sample: Any, clip: Any, system_prompt: str | None = None) -> dict[str, Any]:
     """Processor inputs of one sample (batch 1, generation prompt): its clip with audio and its MC prompt."""
     from sift.manifest import build_prompt
@@ -163,19 +152,23 @@ def prepare(processor: Any, sample: Any, clip: Any, system_prompt: str | None = 
     messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": build_prompt(sample)}]})
     renderer = processor if getattr(processor, "chat_template", None) else processor.tokenizer
     text = renderer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    from sift.processing import audio_kwargs, video_size
+
     videos_kwargs: dict[str, Any] = dict(fps=clip.fps, do_sample_frames=False)
-    size = _video_size(processor)
+    size = video_size(processor)
     if size is not None:  # the processor's class-level size defaults would override the video processor's own
         videos_kwargs["size"] = size
+    audio = [np.asarray(clip.audio, dtype=np.float32)]
     inputs = processor(
         text=[text],
         videos=[np.ascontiguousarray(clip.frames, dtype=np.uint8)],
-        audio=[np.asarray(clip.audio, dtype=np.float32)],
+        audio=audio,
         load_audio_from_video=True,
         audio_from_video_indices=[0],
         return_tensors="pt",
         padding=True,
         videos_kwargs=videos_kwargs,
+        audio_kwargs=audio_kwargs(processor, audio),
     )
     inputs["use_audio_in_video"] = True
     return inputs
@@ -263,9 +256,15 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
         progress = tqdm(total=len(samples) * len(configs), desc="sift eval", unit="answer", file=sys.stderr)
+    cached: tuple[str, Any] | None = None  # consecutive questions about one video decode it once
     for sample in samples:
         try:  # decoded and processed once, reused by every method x retention
-            clip = load_clip(sample.video, fps=args.fps, size=size, max_frames=args.max_frames)
+            if cached is not None and cached[0] == sample.video:
+                clip = cached[1]
+            else:
+                cached = None
+                clip = load_clip(sample.video, fps=args.fps, size=size, max_frames=args.max_frames)
+                cached = (sample.video, clip)
             if clip.audio is None or len(clip.audio) == 0:
                 raise ValueError("the video has no audio track (sift eval feeds the video's audio)")
             inputs = prepare(processor, sample, clip, args.system_prompt).to(device)
@@ -306,7 +305,7 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
             if progress is not None:
                 progress.set_postfix_str(f"{name}@{r:g}")
                 progress.update(1)
-        del inputs, clip
+        del inputs
     if progress is not None:
         progress.close()
 

@@ -110,28 +110,43 @@ MIN_PIXELS = 56 * 56
 MAX_PIXELS = 112 * 112
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
+def tiny_tokenizer(corpus: Sequence[str] | None = None, *, vocab_size: int = 512) -> PreTrainedTokenizerFast:
     """Build a byte-level BPE tokenizer with Qwen2.5-Omni's special tokens and chat template, offline.
 
-    Vocabulary: the 256 byte symbols, a few merges (``user``, ``assistant``, ``system`` become single
-    tokens), then :data:`SPECIAL_TOKENS`. Any text encodes. ``pad = <|endoftext|>``,
-    ``eos = <|im_end|>``, left padding.
+    Without ``corpus``: the 256 byte symbols, a few merges (``user``, ``assistant``, ``system`` become
+    single tokens), then :data:`SPECIAL_TOKENS`. With ``corpus`` (texts, e.g. a benchmark's questions): BPE
+    merges are *trained* on it (plus the chat template's role words) up to ``vocab_size`` entries, so that
+    vocabulary's words become single tokens (:func:`sift.synthav.vocabulary_texts` for tiny-omni). Any text
+    encodes either way (byte fallback). ``pad = <|endoftext|>``, ``eos = <|im_end|>``, left padding.
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab: dict[str, int] = {ch: i for i, ch in enumerate(alphabet)}
-    merges: list[tuple[str, str]] = []
-    for word in _MERGED_WORDS:
-        for i in range(1, len(word)):
-            left, right = word[:i], word[i]
-            if word[: i + 1] not in vocab:
-                merges.append((left, right))
-                vocab[word[: i + 1]] = len(vocab)
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    if corpus is None:
+        vocab: dict[str, int] = {ch: i for i, ch in enumerate(alphabet)}
+        merges: list[tuple[str, str]] = []
+        for word in _MERGED_WORDS:
+            for i in range(1, len(word)):
+                left, right = word[:i], word[i]
+                if word[: i + 1] not in vocab:
+                    merges.append((left, right))
+                    vocab[word[: i + 1]] = len(vocab)
+        backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        backend.decoder = decoders.ByteLevel()
+        backend.add_special_tokens(list(SPECIAL_TOKENS))
+    else:
+        if vocab_size < len(alphabet) + len(SPECIAL_TOKENS):
+            raise ValueError(f"vocab_size={vocab_size} cannot hold the 256 bytes and {len(SPECIAL_TOKENS)} special tokens")
+        backend = Tokenizer(models.BPE(fuse_unk=False))
+        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        backend.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=alphabet, special_tokens=[], show_progress=False, min_frequency=1
+        )
+        texts = list(corpus) + [f"{w}\n" for w in _MERGED_WORDS] + [DEFAULT_SYSTEM_PROMPT]
+        backend.train_from_iterator(texts, trainer=trainer)
+        backend.add_special_tokens(list(SPECIAL_TOKENS))
 
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
@@ -161,6 +176,8 @@ def tiny_thinker_config(
     num_layers: int = 2,
     vocab_size: int | None = None,
     attn_implementation: str = "eager",
+    audio_overrides: dict[str, Any] | None = None,
+    vision_overrides: dict[str, Any] | None = None,
     **text_overrides: Any,
 ) -> Qwen2_5OmniThinkerConfig:
     """A tiny :class:`Qwen2_5OmniThinkerConfig` built from the real config classes.
@@ -169,7 +186,8 @@ def tiny_thinker_config(
     ``mrope_section`` [2, 3, 3] (sums to head_dim/2 for the default sizes; rescaled otherwise).
     Audio encoder: 128 mel bins, d_model 32, 2 layers. Vision encoder: depth 2, hidden 32, patch 14,
     merge 2, temporal patch 2. All special-token ids come from ``tokenizer`` (default: :func:`tiny_tokenizer`).
-    ``text_overrides`` are applied to the text config dict last.
+    ``text_overrides`` / ``audio_overrides`` / ``vision_overrides`` are applied to the text / audio /
+    vision config dicts last (their ``output_dim`` / ``out_hidden_size`` always follow the text hidden size).
     """
     tok = tokenizer if tokenizer is not None else tiny_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -226,6 +244,9 @@ def tiny_thinker_config(
         out_hidden_size=text_config["hidden_size"],
         fullatt_block_indexes=[1],
     )
+    audio_config.update(audio_overrides or {})
+    vision_config.update(vision_overrides or {})
+    audio_config["output_dim"] = vision_config["out_hidden_size"] = text_config["hidden_size"]
     user_id = tok.convert_tokens_to_ids("user")
     config = Qwen2_5OmniThinkerConfig(
         audio_config=audio_config,
@@ -305,12 +326,6 @@ def tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen2_5O
     )
 
 
-def _video_size_kwargs(processor: Qwen2_5OmniProcessor) -> dict[str, int]:
-    size = processor.video_processor.size
-    get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
-    return {"shortest_edge": int(get("shortest_edge")), "longest_edge": int(get("longest_edge"))}
-
-
 def omni_inputs(
     processor: Qwen2_5OmniProcessor,
     clips: Clip | Sequence[Clip],
@@ -358,6 +373,8 @@ def omni_inputs(
         if use_audio_in_video and c.sample_rate != 16000:
             raise ValueError(f"clip {i}: audio must be 16 kHz, got {c.sample_rate}")
 
+    from sift.processing import audio_kwargs, video_size
+
     tok = processor.tokenizer
     texts = [
         tok.apply_chat_template(
@@ -376,13 +393,15 @@ def omni_inputs(
         padding_side=padding_side,
         # Qwen2_5OmniProcessor has class-level video `size` defaults (128*28*28 .. 768*28*28 pixels) that take
         # precedence over the video processor's own `size`, so pass the processor's budget explicitly.
-        videos_kwargs=dict(fps=fps, do_sample_frames=False, size=_video_size_kwargs(processor)),
+        videos_kwargs=dict(fps=fps, do_sample_frames=False, size=video_size(processor)),
     )
     if use_audio_in_video:
+        audio = [np.asarray(c.audio, dtype=np.float32) for c in clips]
         kwargs.update(
-            audio=[np.asarray(c.audio, dtype=np.float32) for c in clips],
+            audio=audio,
             load_audio_from_video=True,
             audio_from_video_indices=list(range(len(clips))),
+            audio_kwargs=audio_kwargs(processor, audio),
         )
     inputs = processor(**kwargs)
     inputs["use_audio_in_video"] = use_audio_in_video

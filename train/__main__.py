@@ -1,5 +1,6 @@
 """`python -m train <fit|validate|...> --config configs/<name>.yaml ...` (LightningCLI) or
-`python -m train export <checkpoint> <out_dir>` (selector + LoRA adapter out of a checkpoint)."""
+`python -m train export <checkpoint> <out_dir>` (selector + LoRA adapter out of a checkpoint) or
+`python -m train tiny-omni --config configs/tiny-omni.yaml` (train the tiny SynthAV model from scratch)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "export":
         return _export(args[1:])
+    if args and args[0] == "tiny-omni":
+        from train.tiny_omni import main as tiny_omni_main
+
+        return tiny_omni_main(args[1:])
     from train.cli import cli_main
 
     cli_main(argv)  # None: LightningCLI reads sys.argv itself (and DDP re-launches work)

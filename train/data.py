@@ -139,16 +139,10 @@ class AVQADataset(torch.utils.data.Dataset):
 
     # -- pieces
 
-    def _video_size(self) -> dict[str, int]:
-        size = self.processor.video_processor.size
-        get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
-        shortest, longest = get("shortest_edge"), get("longest_edge")
-        if shortest is None or longest is None:  # processors configured with min/max pixels
-            shortest, longest = get("min_pixels"), get("max_pixels")
-        if self.max_pixels is not None:
-            longest = int(self.max_pixels)
-            shortest = min(int(shortest), longest) if shortest is not None else longest
-        return {"shortest_edge": int(shortest), "longest_edge": int(longest)}
+    def _video_size(self) -> dict[str, int] | None:
+        from sift.processing import video_size
+
+        return video_size(self.processor, self.max_pixels)
 
     def chat_text(self, sample: AVQASample) -> str:
         """The rendered chat: user turn ``<video><prompt>``, generation prompt, and (train) the answer."""
@@ -198,10 +192,14 @@ class AVQADataset(torch.utils.data.Dataset):
             videos_kwargs=dict(fps=clip.fps, do_sample_frames=False, size=self._video_size()),
         )
         if self.use_audio_in_video:
+            from sift.processing import audio_kwargs
+
+            audio = [np.asarray(clip.audio, dtype=np.float32)]
             kwargs.update(
-                audio=[np.asarray(clip.audio, dtype=np.float32)],
+                audio=audio,
                 load_audio_from_video=True,
                 audio_from_video_indices=[0],
+                audio_kwargs=audio_kwargs(self.processor, audio),
             )
         out = self.processor(**kwargs)
         input_ids = out["input_ids"][0]

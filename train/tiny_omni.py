@@ -1,0 +1,468 @@
+"""Train tiny-omni: a small Qwen2.5-Omni thinker trained from scratch on SynthAV (``python -m train tiny-omni``).
+
+Why: no real Qwen2.5-Omni weights can be downloaded here, and a randomly initialised tiny model gives a
+token selector nothing to preserve. tiny-omni is the real ``Qwen2_5OmniThinkerForConditionalGeneration``
+class at a few million parameters, with a BPE tokenizer trained offline on SynthAV's vocabulary (Qwen's
+special tokens and chat template), trained on SynthAV (:mod:`sift.synthav`) until it answers the
+benchmark's questions from the audio and the video. The result is a ``save_pretrained`` folder (model,
+tokenizer, processor, model card) that ``from_pretrained``, ``sift eval --model`` and the selector training
+(``python -m train fit``) load like a real checkpoint.
+
+Speed on CPU comes from two choices, neither of which changes what the model sees:
+
+- each clip is decoded and its media tokens laid out by the real processor *once* (cached in memory),
+  and every step only renders the text turns and patchifies the cached frames;
+- each training sequence asks all of the clip's questions as consecutive chat turns (in a random order,
+  loss on every answer), so one pass over the media teaches three answers. The first turn is exactly the
+  single-question prompt ``sift eval`` uses.
+
+Config: ``configs/tiny-omni.yaml`` (every key is a field of :class:`TinyOmniConfig`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TinyOmniConfig", "load_config", "build_model", "ClipCache", "train", "main"]
+
+
+@dataclass
+class TinyOmniConfig:
+    """Everything ``python -m train tiny-omni`` reads from its YAML file."""
+
+    # data: a SynthAV folder (generated there if its manifests are missing)
+    data_dir: str = "runs/synthav"
+    train_clips: int = 1500
+    validation_clips: int = 60
+    test_clips: int = 200
+    data_seed: int = 0
+    min_seconds: int = 6
+    max_seconds: int = 20
+    # model
+    hidden_size: int = 128
+    num_layers: int = 4
+    intermediate_size: int = 384
+    audio: dict[str, Any] = field(
+        default_factory=lambda: {"d_model": 64, "encoder_ffn_dim": 128, "encoder_attention_heads": 4, "encoder_layers": 2}
+    )
+    vision: dict[str, Any] = field(
+        default_factory=lambda: {"hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "depth": 2}
+    )
+    # training
+    seed: int = 0
+    epochs: int = 8
+    batch_size: int = 8
+    lr: float = 2.0e-3
+    min_lr_ratio: float = 0.05
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    single_question_prob: float = 0.25
+    eval_every: int = 200
+    threads: int = 0
+    # output
+    out_dir: str = "checkpoints/tiny-omni"
+
+
+def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> TinyOmniConfig:
+    """Read a YAML config; unknown keys are an error (a misspelled key never silently does nothing)."""
+    data: dict[str, Any] = {}
+    if path:
+        import yaml
+
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping of TinyOmniConfig fields, got {type(data).__name__}")
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    known = {f.name for f in fields(TinyOmniConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{path or 'overrides'}: unknown tiny-omni config keys {unknown}; known: {sorted(known)}")
+    return TinyOmniConfig(**data)
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+def build_tokenizer_and_processor() -> tuple[Any, Any]:
+    from sift.synthav import vocabulary_texts
+    from sift.tiny import tiny_processor, tiny_tokenizer
+
+    tok = tiny_tokenizer(vocabulary_texts())
+    return tok, tiny_processor(tok)
+
+
+def build_model(cfg: TinyOmniConfig, tokenizer: Any) -> torch.nn.Module:
+    """A freshly initialised tiny-omni thinker (real transformers classes, seeded)."""
+    from sift.tiny import tiny_thinker, tiny_thinker_config
+
+    config = tiny_thinker_config(
+        tokenizer,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        intermediate_size=cfg.intermediate_size,
+        audio_overrides=cfg.audio,
+        vision_overrides=cfg.vision,
+        attn_implementation="sdpa",
+    )
+    return tiny_thinker(config, seed=cfg.seed, attn_implementation="sdpa")
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+_END = "<|im_end|>"
+
+
+class ClipCache:
+    """Decoded SynthAV clips with their media token prefix, computed once.
+
+    Per clip: ``prefix`` (the chat up to and including the video: system turn, ``<|im_start|>user\\n`` and
+    the processor's interleaved video/audio tokens), the 2 fps frames (uint8), the log-mel features of
+    its own length and the questions. :meth:`item` renders one training or evaluation sequence.
+    """
+
+    def __init__(self, manifest: str | Path, processor: Any, *, limit: int | None = None, progress: bool = True):
+        from tqdm import tqdm
+
+        from sift.manifest import read_manifest
+
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        by_video: dict[str, list] = defaultdict(list)
+        for s in read_manifest(manifest, schema="generic"):
+            by_video[s.video].append(s)
+        videos = sorted(by_video)[: limit if limit is not None else None]
+        self.clips: list[dict[str, Any]] = []
+        self.skipped: dict[str, str] = {}
+        for video in tqdm(videos, desc=f"caching {Path(manifest).name}", unit="clip", disable=not progress):
+            try:
+                self.clips.append(self._load(video, by_video[video]))
+            except Exception as e:  # a bad file is skipped, counted and logged, never fatal
+                self.skipped[video] = f"{type(e).__name__}: {e}"
+                logger.warning("skipping %s: %s", video, e)
+        if not self.clips:
+            raise ValueError(f"{manifest}: no usable clips ({len(self.skipped)} skipped)")
+
+    def _prefix_text(self) -> str:
+        tok = self.tokenizer
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": ""}]}],
+            tokenize=False,
+            add_generation_prompt=False,
+        )
+        return text[: text.rindex(_END)]
+
+    def _load(self, video: str, samples: list) -> dict[str, Any]:
+        from sift.media import load_clip
+        from sift.processing import audio_kwargs, video_size
+
+        clip = load_clip(video, fps=2.0)
+        if clip.audio is None or not len(clip.audio):
+            raise ValueError("no audio track")
+        out = self.processor(
+            text=[self._prefix_text()],
+            videos=[clip.frames],
+            audio=[clip.audio],
+            load_audio_from_video=True,
+            audio_from_video_indices=[0],
+            return_tensors="pt",
+            videos_kwargs=dict(fps=clip.fps, do_sample_frames=False, size=video_size(self.processor)),
+            audio_kwargs=audio_kwargs(self.processor, [clip.audio]),
+        )
+        n = int(out["feature_attention_mask"][0].sum())
+        return {
+            "video": video,
+            "prefix": out["input_ids"][0],
+            "frames": clip.frames,
+            "features": out["input_features"][0, :, :n].clone(),
+            "grid": out["video_grid_thw"],
+            "spg": torch.as_tensor(out["video_second_per_grid"], dtype=torch.float32).reshape(-1),
+            "samples": samples,
+        }
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def _turn(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def item(self, index: int, questions: list | None = None, *, train: bool = True) -> dict[str, Any]:
+        """Clip ``index`` with ``questions`` (its samples, default all) asked in order as chat turns.
+
+        ``train``: every question is followed by its answer and labels mark each answer letter and its
+        ``<|im_end|>``. Otherwise the sequence ends with the generation prompt after the first question.
+        """
+        from sift.manifest import build_prompt
+        from sift.processing import video_size
+
+        c = self.clips[index]
+        questions = list(c["samples"] if questions is None else questions)
+        ids = c["prefix"].tolist()
+        labels = [-100] * len(ids)
+        for k, s in enumerate(questions):
+            head = ("" if k == 0 else "<|im_start|>user\n") + build_prompt(s) + f"{_END}\n<|im_start|>assistant\n"
+            t = self._turn(head)
+            ids += t
+            labels += [-100] * len(t)
+            if not train:
+                break
+            a = self._turn(s.answer + _END)
+            ids += a
+            labels += a
+            nl = self._turn("\n")
+            ids += nl
+            labels += [-100] * len(nl)
+        pix = self.processor.video_processor(
+            videos=[c["frames"]], return_tensors="pt", do_sample_frames=False, size=video_size(self.processor)
+        )["pixel_values_videos"]
+        item: dict[str, Any] = {
+            "input_ids": torch.tensor(ids),
+            "attention_mask": torch.ones(len(ids), dtype=torch.long),
+            "pixel_values_videos": pix,
+            "video_grid_thw": c["grid"],
+            "video_second_per_grid": c["spg"],
+            "input_features": c["features"],
+            "feature_attention_mask": torch.ones(c["features"].shape[-1], dtype=torch.long),
+            "use_audio_in_video": True,
+            "answer": questions[0].answer,
+            "category": questions[0].category,
+            "num_options": questions[0].num_options,
+            "id": questions[0].id,
+        }
+        if train:
+            item["labels"] = torch.tensor(labels)
+        return item
+
+
+# ------------------------------------------------------------------------------------------------ loop
+
+_MODEL_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "video_second_per_grid",
+    "input_features",
+    "feature_attention_mask",
+    "use_audio_in_video",
+)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, cache: ClipCache, *, batch_size: int = 8, progress: bool = False) -> dict[str, Any]:
+    """Single-question accuracy (greedy first token, as ``generate`` would pick it), overall and per category."""
+    from tqdm import tqdm
+
+    from sift.manifest import extract_letter
+    from train.data import collate
+
+    tok = cache.tokenizer
+    model.eval()
+    jobs = [(i, s) for i in range(len(cache)) for s in cache.clips[i]["samples"]]
+    correct: dict[str, list[int]] = defaultdict(list)
+    for start in tqdm(range(0, len(jobs), batch_size), desc="evaluating", disable=not progress):
+        chunk = jobs[start : start + batch_size]
+        batch = collate([cache.item(i, [s], train=False) for i, s in chunk], tok.pad_token_id)
+        logits = model(**{k: batch[k] for k in _MODEL_KEYS}).logits[:, -1]
+        for (_, s), tid in zip(chunk, logits.argmax(-1).tolist()):
+            ok = extract_letter(tok.decode([tid]), s.num_options) == s.answer
+            correct[s.category or "all"].append(int(ok))
+    every = [x for v in correct.values() for x in v]
+    return {
+        "accuracy": float(np.mean(every)),
+        "n": len(every),
+        "per_category": {k: float(np.mean(v)) for k, v in sorted(correct.items())},
+    }
+
+
+def _lr_lambda(cfg: TinyOmniConfig, total: int):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    return f
+
+
+def ensure_data(cfg: TinyOmniConfig) -> dict[str, Path]:
+    """The SynthAV manifests under ``cfg.data_dir``, generated (resumably) when missing."""
+    from sift.synthav import generate
+
+    root = Path(cfg.data_dir)
+    wanted = {"train": cfg.train_clips, "validation": cfg.validation_clips, "test": cfg.test_clips}
+    paths = {k: root / f"{k}.jsonl" for k in wanted}
+    missing = {k: n for k, n in wanted.items() if n > 0 and not paths[k].is_file()}
+    if missing:
+        generate(root, missing, seed=cfg.data_seed, min_seconds=cfg.min_seconds, max_seconds=cfg.max_seconds)
+    return {k: p for k, p in paths.items() if p.is_file()}
+
+
+def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Generate/cache data, train, evaluate on test and save the checkpoint folder; returns the metrics."""
+    from tqdm import tqdm
+
+    from train.data import collate
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    manifests = ensure_data(cfg)
+    tok, processor = build_tokenizer_and_processor()
+    model = build_model(cfg, tok)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"tiny-omni: {n_params / 1e6:.2f}M parameters", flush=True)
+
+    train_cache = ClipCache(manifests["train"], processor, progress=progress)
+    val_cache = ClipCache(manifests["validation"], processor, progress=progress) if "validation" in manifests else None
+    steps_per_epoch = math.ceil(len(train_cache) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs if max_steps is None else int(max_steps)
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
+    rng = random.Random(cfg.seed)
+    history: list[dict[str, Any]] = []
+    step, start = 0, time.time()
+    bar = tqdm(total=total, desc="training tiny-omni", unit="step", disable=not progress)
+    while step < total:
+        order = list(range(len(train_cache)))
+        rng.shuffle(order)
+        for b in range(0, len(order), cfg.batch_size):
+            if step >= total:
+                break
+            items = []
+            for i in order[b : b + cfg.batch_size]:
+                qs = list(train_cache.clips[i]["samples"])
+                rng.shuffle(qs)
+                if rng.random() < cfg.single_question_prob:
+                    qs = qs[:1]
+                items.append(train_cache.item(i, qs, train=True))
+            batch = collate(items, tok.pad_token_id)
+            model.train()
+            out = model(**{k: batch[k] for k in _MODEL_KEYS}, labels=batch["labels"])
+            out.loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{out.loss.item():.3f}")
+            record: dict[str, Any] = {"step": step, "loss": float(out.loss.item()), "lr": sched.get_last_lr()[0]}
+            if val_cache is not None and (step % cfg.eval_every == 0 or step == total):
+                metrics = evaluate(model, val_cache, batch_size=cfg.batch_size)
+                record["val"] = metrics
+                bar.write(f"step {step}: val accuracy {metrics['accuracy']:.3f} {metrics['per_category']}")
+            history.append(record)
+    bar.close()
+    minutes = (time.time() - start) / 60
+    test = None
+    if "test" in manifests:
+        test_cache = ClipCache(manifests["test"], processor, progress=progress)
+        test = evaluate(model, test_cache, batch_size=cfg.batch_size, progress=progress)
+        print(f"test accuracy {test['accuracy']:.3f} on {test['n']} questions: {test['per_category']}", flush=True)
+    result = {
+        "parameters": n_params,
+        "steps": step,
+        "epochs": step / steps_per_epoch,
+        "train_clips": len(train_cache),
+        "train_minutes": minutes,
+        "test": test,
+        "config": asdict(cfg),
+    }
+    save(model, processor, cfg, result, history)
+    return result
+
+
+def save(model: torch.nn.Module, processor: Any, cfg: TinyOmniConfig, result: dict[str, Any], history: list) -> Path:
+    """``save_pretrained`` model + processor (tokenizer included), metrics and a model card."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    (out / "training.json").write_text(json.dumps({**result, "history": history}, indent=1) + "\n")
+    (out / "README.md").write_text(model_card(result))
+    return out
+
+
+def model_card(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    test = result.get("test") or {}
+    rows = "\n".join(f"| {k} | {v * 100:.1f} |" for k, v in (test.get("per_category") or {}).items())
+    return f"""# tiny-omni
+
+A {result['parameters'] / 1e6:.2f}M-parameter `Qwen2_5OmniThinkerForConditionalGeneration` (the real transformers
+class) trained from scratch on SynthAV (`sift.synthav`) by `python -m train tiny-omni --config configs/tiny-omni.yaml`.
+It exists so that sift's demo, tests and selector training have a model that actually uses its audio and video
+tokens, on a machine that cannot download Qwen2.5-Omni. It knows nothing but SynthAV.
+
+- Text model: hidden {cfg['hidden_size']}, {cfg['num_layers']} layers, MLP {cfg['intermediate_size']}; audio encoder
+  {cfg['audio']}; vision encoder {cfg['vision']}. Tokenizer: byte-level BPE trained offline on SynthAV's
+  vocabulary with Qwen2.5-Omni's special tokens and chat template. Processor: the real `Qwen2_5OmniProcessor`
+  (112x112 frames at 2 fps: 16 video tokens per second; 25 audio tokens per second).
+- Data: SynthAV seed {cfg['data_seed']}, {result['train_clips']} training clips of {cfg['min_seconds']}-{cfg['max_seconds']} s
+  (3 questions each, asked as consecutive chat turns).
+- Training: {result['steps']} steps ({result['epochs']:.1f} epochs) of {cfg['batch_size']} clips, AdamW lr {cfg['lr']}
+  cosine, {result['train_minutes']:.1f} min on CPU.
+
+## Accuracy on SynthAV test (all tokens, greedy)
+
+{test.get('n', 0)} questions, overall **{test.get('accuracy', float('nan')) * 100:.1f}%** (chance 25%).
+
+| category | accuracy (%) |
+| --- | --- |
+{rows}
+
+Load it like any checkpoint:
+
+```python
+from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
+model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained("checkpoints/tiny-omni")
+processor = Qwen2_5OmniProcessor.from_pretrained("checkpoints/tiny-omni")
+```
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train tiny-omni", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default="configs/tiny-omni.yaml", help="YAML file of TinyOmniConfig fields")
+    parser.add_argument("--data-dir", help="SynthAV folder (overrides the config)")
+    parser.add_argument("--out-dir", help="checkpoint folder to write (overrides the config)")
+    parser.add_argument("--epochs", type=int, help="overrides the config")
+    parser.add_argument("--train-clips", type=int, help="overrides the config")
+    parser.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cfg = load_config(
+        args.config,
+        {"data_dir": args.data_dir, "out_dir": args.out_dir, "epochs": args.epochs, "train_clips": args.train_clips},
+    )
+    result = train(cfg, max_steps=args.max_steps)
+    print(f"saved tiny-omni to {cfg.out_dir} ({result['steps']} steps, {result['train_minutes']:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
