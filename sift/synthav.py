@@ -51,6 +51,8 @@ __all__ = [
     "make_spec",
     "render_clip",
     "questions_for",
+    "caption",
+    "CAPTION_PROMPT",
     "vocabulary_texts",
     "generate",
 ]
@@ -71,6 +73,8 @@ QUESTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "audio": ("Which sound was heard first?", SOUNDS),
     "video": ("Which shape appeared first?", SHAPES),
 }
+#: The instruction of the clip description that tiny-omni is also trained to write (not a benchmark question).
+CAPTION_PROMPT = "Describe the clip."
 SAMPLE_RATE = 16000
 FPS = 2.0
 _SPLIT_STREAM = {"train": 0, "validation": 1, "test": 2}
@@ -193,11 +197,21 @@ def questions_for(spec: ClipSpec, categories: Sequence[str] = CATEGORIES) -> lis
     return out
 
 
+def caption(spec: ClipSpec) -> str:
+    """What happens, in order: ``"A red circle appears with a low tone. A blue square appears with a high tone."``
+
+    Stored in each manifest record (``caption``) as dense supervision for training a model from scratch:
+    it names every shape, color and sound in the order they occur and pairs each sound with its shape.
+    """
+    return " ".join(f"A {e.color} {e.shape} appears with a {e.sound}." for e in spec.events)
+
+
 def vocabulary_texts() -> list[str]:
-    """Every question, option and instruction SynthAV prompts use (to train a tokenizer on)."""
+    """Every question, option, instruction and caption word SynthAV uses (to train a tokenizer on)."""
     from sift.manifest import ANSWER_INSTRUCTION
 
-    texts = [ANSWER_INSTRUCTION]
+    texts = [ANSWER_INSTRUCTION, CAPTION_PROMPT]
+    texts += [f"A {c} {s} appears with a {snd}." for c in COLORS for s in SHAPES for snd in SOUNDS]
     for question, options in QUESTIONS.values():
         texts.append(question)
         texts += [f"{_LETTERS[i]}. {o}" for i, o in enumerate(options)]
@@ -326,7 +340,9 @@ def _write_one(job: tuple) -> list[dict]:
         os.replace(tmp, path)
     records = []
     for q in questions_for(spec, categories):
-        records.append({"id": f"{name}-{q['category']}", "video": rel, **q, "seconds": spec.seconds})
+        records.append(
+            {"id": f"{name}-{q['category']}", "video": rel, **q, "seconds": spec.seconds, "caption": caption(spec)}
+        )
     return records
 
 
@@ -345,7 +361,8 @@ def generate(
     """Write SynthAV clips and manifests under ``out_dir``; return ``{split: manifest path}``.
 
     Layout: ``out_dir/videos/<split>-<index>.mp4`` and ``out_dir/<split>.jsonl`` (generic schema, one record
-    per question, ``len(categories)`` questions per clip; ``video`` is relative to ``out_dir``) plus
+    per question, ``len(categories)`` questions per clip; ``video`` is relative to ``out_dir``; extra keys
+``seconds`` and ``caption`` (:func:`caption`), which readers of the generic schema ignore) plus
     ``out_dir/synthav.json`` with the generation settings. Clips already on disk are kept (resumable).
     ``workers`` processes render and encode in parallel (default: the number of CPUs). A folder made with
     other settings (seed, durations, size) is refused rather than mixed.

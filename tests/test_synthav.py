@@ -29,6 +29,8 @@ from sift.synthav import (
     questions_for,
     render_clip,
     vocabulary_texts,
+    caption,
+    CAPTION_PROMPT,
 )
 
 LETTERS = "ABCD"
@@ -197,6 +199,18 @@ def test_vocabulary_texts_cover_prompts():
         assert question in texts
         for i, o in enumerate(options):
             assert f"{LETTERS[i]}. {o}" in texts
+    assert CAPTION_PROMPT in texts
+    words = {w for t in texts for w in t.replace(".", " ").split()}
+    assert set(caption(make_spec(0, "test", 0)).replace(".", " ").split()) <= words
+
+
+def test_caption_names_every_event_in_order():
+    """The caption lists each shape (color, kind) with its sound, in time order."""
+    spec = make_spec(0, "test", 0)
+    spec.events = spec.events[:2]
+    spec.events[0].color, spec.events[0].shape, spec.events[0].sound = "red", "circle", "chirp"
+    spec.events[1].color, spec.events[1].shape, spec.events[1].sound = "blue", "cross", "high tone"
+    assert caption(spec) == "A red circle appears with a chirp. A blue cross appears with a high tone."
 
 
 # ------------------------------------------------------------------------------------------ rendering
@@ -302,6 +316,7 @@ def test_generate_writes_videos_and_manifests(dataset):
                     "video": f"videos/{split}-{i:05d}.mp4",
                     **q,
                     "seconds": spec.seconds,
+                    "caption": caption(spec),
                 }
                 assert sample.id == rec["id"] and sample.answer == q["answer"]
                 assert sample.options == q["options"] and sample.question == q["question"]

@@ -14,7 +14,11 @@ Speed on CPU comes from two choices, neither of which changes what the model see
   and every step only renders the text turns and patchifies the cached frames;
 - each training sequence asks all of the clip's questions as consecutive chat turns (in a random order,
   loss on every answer), so one pass over the media teaches three answers. The first turn is exactly the
-  single-question prompt ``sift eval`` uses.
+  single-question prompt ``sift eval`` uses;
+- most sequences also ask for the clip's caption (SynthAV's ``caption`` field: every shape, color and sound
+  in order, each sound paired with its shape). The questions alone give one letter of supervision each,
+  which a from-scratch model takes a long time to connect to its encoders; the caption teaches recognition,
+  order and audio-video pairing densely.
 
 Config: ``configs/tiny-omni.yaml`` (every key is a field of :class:`TinyOmniConfig`).
 """
@@ -73,6 +77,7 @@ class TinyOmniConfig:
     warmup_steps: int = 100
     grad_clip: float = 1.0
     single_question_prob: float = 0.25
+    caption_prob: float = 0.75
     eval_every: int = 200
     threads: int = 0
     # output
@@ -127,6 +132,8 @@ def build_model(cfg: TinyOmniConfig, tokenizer: Any) -> torch.nn.Module:
 # ------------------------------------------------------------------------------------------------ data
 
 _END = "<|im_end|>"
+#: A turn of :meth:`ClipCache.item` that asks for the clip's caption instead of a question.
+CAPTION_TURN = object()
 
 
 class ClipCache:
@@ -147,6 +154,13 @@ class ClipCache:
         by_video: dict[str, list] = defaultdict(list)
         for s in read_manifest(manifest, schema="generic"):
             by_video[s.video].append(s)
+        # SynthAV records also carry the clip's `caption` (ignored by the generic reader): keep it by id
+        self.captions: dict[str, str] = {}
+        with open(manifest, encoding="utf-8") as f:
+            for line in f:
+                rec = json.loads(line) if line.strip() else {}
+                if rec.get("caption"):
+                    self.captions[str(rec.get("id"))] = str(rec["caption"])
         videos = sorted(by_video)[: limit if limit is not None else None]
         self.clips: list[dict[str, Any]] = []
         self.skipped: dict[str, str] = {}
@@ -202,27 +216,40 @@ class ClipCache:
     def _turn(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    def item(self, index: int, questions: list | None = None, *, train: bool = True) -> dict[str, Any]:
-        """Clip ``index`` with ``questions`` (its samples, default all) asked in order as chat turns.
+    def caption(self, index: int) -> str | None:
+        """The clip's SynthAV caption, if its manifest records carry one."""
+        return next((self.captions[s.id] for s in self.clips[index]["samples"] if s.id in self.captions), None)
 
-        ``train``: every question is followed by its answer and labels mark each answer letter and its
-        ``<|im_end|>``. Otherwise the sequence ends with the generation prompt after the first question.
+    def item(self, index: int, turns: list | None = None, *, train: bool = True) -> dict[str, Any]:
+        """Clip ``index`` followed by chat ``turns``: its samples (questions) and/or :data:`CAPTION_TURN`.
+
+        Default turns: all of the clip's questions. ``train``: every turn is followed by its answer (the
+        option letter, or the caption) and ``labels`` mark each answer and its ``<|im_end|>``. Otherwise
+        the sequence ends with the generation prompt after the first turn (what ``sift eval`` feeds).
         """
         from sift.manifest import build_prompt
         from sift.processing import video_size
+        from sift.synthav import CAPTION_PROMPT
 
         c = self.clips[index]
-        questions = list(c["samples"] if questions is None else questions)
+        turns = list(c["samples"] if turns is None else turns)
+        first = next((t for t in turns if t is not CAPTION_TURN), c["samples"][0])
         ids = c["prefix"].tolist()
         labels = [-100] * len(ids)
-        for k, s in enumerate(questions):
-            head = ("" if k == 0 else "<|im_start|>user\n") + build_prompt(s) + f"{_END}\n<|im_start|>assistant\n"
+        for k, turn in enumerate(turns):
+            if turn is CAPTION_TURN:
+                prompt, answer = CAPTION_PROMPT, self.caption(index)
+                if answer is None:
+                    raise ValueError(f"{c['video']}: no caption in the manifest")
+            else:
+                prompt, answer = build_prompt(turn), turn.answer
+            head = ("" if k == 0 else "<|im_start|>user\n") + prompt + f"{_END}\n<|im_start|>assistant\n"
             t = self._turn(head)
             ids += t
             labels += [-100] * len(t)
             if not train:
                 break
-            a = self._turn(s.answer + _END)
+            a = self._turn(answer + _END)
             ids += a
             labels += a
             nl = self._turn("\n")
@@ -240,10 +267,10 @@ class ClipCache:
             "input_features": c["features"],
             "feature_attention_mask": torch.ones(c["features"].shape[-1], dtype=torch.long),
             "use_audio_in_video": True,
-            "answer": questions[0].answer,
-            "category": questions[0].category,
-            "num_options": questions[0].num_options,
-            "id": questions[0].id,
+            "answer": first.answer,
+            "category": first.category,
+            "num_options": first.num_options,
+            "id": first.id,
         }
         if train:
             item["labels"] = torch.tensor(labels)
@@ -353,11 +380,13 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
                 break
             items = []
             for i in order[b : b + cfg.batch_size]:
-                qs = list(train_cache.clips[i]["samples"])
-                rng.shuffle(qs)
+                turns: list = list(train_cache.clips[i]["samples"])
+                rng.shuffle(turns)
                 if rng.random() < cfg.single_question_prob:
-                    qs = qs[:1]
-                items.append(train_cache.item(i, qs, train=True))
+                    turns = turns[:1]
+                elif train_cache.caption(i) is not None and rng.random() < cfg.caption_prob:
+                    turns.insert(rng.randrange(len(turns) + 1), CAPTION_TURN)
+                items.append(train_cache.item(i, turns, train=True))
             batch = collate(items, tok.pad_token_id)
             model.train()
             out = model(**{k: batch[k] for k in _MODEL_KEYS}, labels=batch["labels"])

@@ -1,0 +1,104 @@
+"""tiny-omni: the training script (train/tiny_omni.py), its config, and the shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from sift.manifest import read_manifest
+from sift.synthav import generate
+from train.data import AVQADataset
+from train.tiny_omni import CAPTION_TURN, ClipCache, TinyOmniConfig, build_tokenizer_and_processor, load_config, train
+
+REPO = Path(__file__).resolve().parents[1]
+CHECKPOINT = REPO / "checkpoints" / "tiny-omni"
+
+
+@pytest.fixture(scope="module")
+def synthav(tmp_path_factory):
+    root = tmp_path_factory.mktemp("synthav")
+    generate(root, {"train": 2, "validation": 1, "test": 1}, min_seconds=6, max_seconds=8, workers=1, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return build_tokenizer_and_processor()[1]
+
+
+def test_committed_config_parses_and_unknown_keys_are_refused(tmp_path):
+    cfg = load_config(str(REPO / "configs" / "tiny-omni.yaml"))
+    assert isinstance(cfg, TinyOmniConfig) and cfg.out_dir == "checkpoints/tiny-omni"
+    assert cfg.hidden_size == 128 and cfg.num_layers == 4
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO / "configs" / "tiny-omni.yaml").read_text().replace("batch_size:", "batchsize:"))
+    with pytest.raises(ValueError, match="batchsize"):
+        load_config(str(bad))
+
+
+def test_tokenizer_makes_synthav_words_single_tokens(processor):
+    tok = processor.tokenizer
+    for word in [" yellow", " triangle", " noise", " burst", " chirp", " sounded", "assistant"]:
+        assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, word
+    assert tok.convert_tokens_to_ids("<|VIDEO|>") != tok.unk_token_id
+    assert len(tok("any text, even ünïcode", add_special_tokens=False)["input_ids"]) > 0  # byte fallback
+
+
+def test_cached_eval_item_equals_the_data_module_item(synthav, processor):
+    """The cached path (decode + lay out once, render text per turn) feeds exactly what AVQADataset does."""
+    manifest = synthav / "test.jsonl"
+    cache = ClipCache(manifest, processor, progress=False)
+    ds = AVQADataset(read_manifest(manifest), processor, train=False)
+    by_id = {ds.sample(k).id: k for k in range(len(ds))}
+    for sample in cache.clips[0]["samples"]:
+        a, b = cache.item(0, [sample], train=False), ds[by_id[sample.id]]
+        for key in ("input_ids", "attention_mask", "pixel_values_videos", "video_grid_thw", "input_features"):
+            assert torch.equal(a[key], b[key]), key
+        assert a["answer"] == sample.answer and a["category"] == sample.category
+
+
+def test_training_item_labels_every_answer_and_the_caption(synthav, processor):
+    cache = ClipCache(synthav / "train.jsonl", processor, progress=False)
+    tok = processor.tokenizer
+    samples = cache.clips[0]["samples"]
+    item = cache.item(0, [samples[2], CAPTION_TURN, samples[0]], train=True)
+    supervised = tok.decode(item["input_ids"][item["labels"] != -100])
+    caption = cache.caption(0)
+    assert caption and caption.startswith("A ")
+    assert supervised == f"{samples[2].answer}<|im_end|>{caption}<|im_end|>{samples[0].answer}<|im_end|>"
+    # the first turn is the single-question prompt: the eval item is a prefix of the training item
+    first = cache.item(0, [samples[2]], train=False)["input_ids"]
+    assert torch.equal(item["input_ids"][: len(first)], first)
+
+
+def test_smoke_training_writes_a_loadable_checkpoint(synthav, tmp_path):
+    from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
+
+    cfg = TinyOmniConfig(
+        data_dir=str(synthav),
+        hidden_size=32,
+        num_layers=1,
+        intermediate_size=64,
+        audio={"d_model": 16, "encoder_ffn_dim": 32, "encoder_attention_heads": 2, "encoder_layers": 1},
+        vision={"hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "depth": 1},
+        batch_size=2,
+        warmup_steps=1,
+        eval_every=2,
+        threads=1,
+        out_dir=str(tmp_path / "ckpt"),
+    )
+    result = train(cfg, max_steps=2, progress=False)
+    assert result["steps"] == 2 and result["test"]["n"] == 3
+    out = Path(cfg.out_dir)
+    history = json.loads((out / "training.json").read_text())["history"]
+    assert [h["step"] for h in history] == [1, 2] and "val" in history[-1]
+    assert "tiny-omni" in (out / "README.md").read_text()
+    model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(out)
+    proc = Qwen2_5OmniProcessor.from_pretrained(out)
+    assert model.config.text_config.hidden_size == 32
+    assert proc.tokenizer("A red circle", add_special_tokens=False)["input_ids"] == build_tokenizer_and_processor()[
+        0
+    ]("A red circle", add_special_tokens=False)["input_ids"]
