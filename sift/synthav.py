@@ -50,6 +50,9 @@ __all__ = [
     "ClipSpec",
     "make_spec",
     "render_clip",
+    "cell_labels",
+    "sound_label",
+    "spec_for_video",
     "questions_for",
     "caption",
     "CAPTION_PROMPT",
@@ -321,6 +324,51 @@ def render_clip(spec: ClipSpec):
         a, b = max(0, a), min(n_samples, b)
         audio[a:b] += _sound(e.sound, b - a, rng)
     return Clip(frames=frames, audio=audio.astype(np.float32), fps=FPS, sample_rate=SAMPLE_RATE)
+
+
+def cell_labels(spec: ClipSpec, t: float, rows: int, cols: int, *, min_cover: float = 0.2) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cell ground truth at time ``t`` on a ``rows`` x ``cols`` grid over the frame (e.g. the merged
+    28x28-pixel token cells): (color, shape) index arrays, 0 = background, ``k + 1`` = ``COLORS``/``SHAPES``
+    entry k where a shape covers at least ``min_cover`` of the cell. Used as dense training labels."""
+    size = spec.size
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    color = np.zeros((rows, cols), dtype=np.int64)
+    shape = np.zeros((rows, cols), dtype=np.int64)
+    ch, cw = size / rows, size / cols
+    for e in spec.events:
+        if e.start <= t < e.end:
+            cx, cy = _position(e, t, size)
+            mask = _shape_mask(e.shape, yy, xx, cx, cy, e.radius).astype(np.float32)
+            for i in range(rows):
+                for j in range(cols):
+                    cover = mask[int(i * ch) : int((i + 1) * ch), int(j * cw) : int((j + 1) * cw)].mean()
+                    if cover >= min_cover:
+                        color[i, j] = list(COLORS).index(e.color) + 1
+                        shape[i, j] = SHAPES.index(e.shape) + 1
+    return color, shape
+
+
+def sound_label(spec: ClipSpec, t0: float, t1: float) -> int:
+    """0 for near-silence, ``k + 1`` for ``SOUNDS[k]`` when a sound covers the middle of [t0, t1)."""
+    mid = 0.5 * (t0 + t1)
+    for e in spec.events:
+        if e.sound_start <= mid < e.sound_end:
+            return SOUNDS.index(e.sound) + 1
+    return 0
+
+
+def spec_for_video(video: str | os.PathLike) -> ClipSpec | None:
+    """The spec of a generated clip ``<root>/videos/<split>-<index>.mp4`` (settings from ``<root>/synthav.json``),
+    or ``None`` for a file that is not a SynthAV clip."""
+    path = Path(video)
+    settings = path.parent.parent / "synthav.json"
+    split, _, index = path.stem.rpartition("-")
+    if not settings.is_file() or split not in _SPLIT_STREAM or not index.isdigit():
+        return None
+    info = json.loads(settings.read_text())
+    return make_spec(
+        info["seed"], split, int(index), min_seconds=info["min_seconds"], max_seconds=info["max_seconds"], size=info["size"]
+    )
 
 
 # ------------------------------------------------------------------------------------------ datasets

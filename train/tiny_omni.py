@@ -71,13 +71,14 @@ class TinyOmniConfig:
     seed: int = 0
     epochs: int = 8
     batch_size: int = 8
-    lr: float = 2.0e-3
+    lr: float = 1.0e-3
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.01
     warmup_steps: int = 100
     grad_clip: float = 1.0
     single_question_prob: float = 0.25
     caption_prob: float = 0.75
+    aux_weight: float = 1.0
     eval_every: int = 200
     threads: int = 0
     # output
@@ -142,15 +143,28 @@ class ClipCache:
     Per clip: ``prefix`` (the chat up to and including the video: system turn, ``<|im_start|>user\\n`` and
     the processor's interleaved video/audio tokens), the 2 fps frames (uint8), the log-mel features of
     its own length and the questions. :meth:`item` renders one training or evaluation sequence.
+
+    With the thinker ``config``, SynthAV clips also get per-token ground truth over the prefix
+    (``aux``: (3, prefix length) color / shape of each video token's cell and sound of each audio token,
+    -100 elsewhere), placed with the token layout (:func:`sift.build_layout`) and the clip's spec.
     """
 
-    def __init__(self, manifest: str | Path, processor: Any, *, limit: int | None = None, progress: bool = True):
+    def __init__(
+        self,
+        manifest: str | Path,
+        processor: Any,
+        *,
+        config: Any = None,
+        limit: int | None = None,
+        progress: bool = True,
+    ):
         from tqdm import tqdm
 
         from sift.manifest import read_manifest
 
         self.processor = processor
         self.tokenizer = processor.tokenizer
+        self.config = config
         by_video: dict[str, list] = defaultdict(list)
         for s in read_manifest(manifest, schema="generic"):
             by_video[s.video].append(s)
@@ -200,7 +214,9 @@ class ClipCache:
             audio_kwargs=audio_kwargs(self.processor, [clip.audio]),
         )
         n = int(out["feature_attention_mask"][0].sum())
+        aux = self._aux_labels(video, out) if self.config is not None else None
         return {
+            "aux": aux,
             "video": video,
             "prefix": out["input_ids"][0],
             "frames": clip.frames,
@@ -209,6 +225,41 @@ class ClipCache:
             "spg": torch.as_tensor(out["video_second_per_grid"], dtype=torch.float32).reshape(-1),
             "samples": samples,
         }
+
+    def _aux_labels(self, video: str, out: Any) -> torch.Tensor | None:
+        from sift.layout import build_layout
+        from sift.synthav import FPS, cell_labels, sound_label, spec_for_video
+
+        spec = spec_for_video(video)
+        if spec is None:
+            return None
+        layout = build_layout(
+            out["input_ids"],
+            self.config,
+            video_grid_thw=out["video_grid_thw"],
+            video_second_per_grid=out["video_second_per_grid"],
+            feature_attention_mask=out["feature_attention_mask"],
+            use_audio_in_video=True,
+        )
+        aux = torch.full((3, out["input_ids"].shape[1]), -100, dtype=torch.long)
+        per_token_s = 1.0 / 25  # Qwen2.5-Omni: 25 audio tokens per second
+        grids: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for window in layout.rows[0].windows:
+            for frame in window.frames:
+                rows, cols = frame.grid
+                if frame.t not in grids:
+                    # a token covers frames 2t and 2t+1 (temporal patch 2): label a cell if either shows a shape
+                    a = cell_labels(spec, 2 * frame.t / FPS, rows, cols)
+                    b = cell_labels(spec, (2 * frame.t + 1) / FPS, rows, cols)
+                    grids[frame.t] = (np.maximum(a[0], b[0]), np.maximum(a[1], b[1]))
+                color, shape = grids[frame.t]
+                h, w = frame.hw[:, 0].numpy(), frame.hw[:, 1].numpy()
+                aux[0, frame.positions] = torch.from_numpy(color[h, w])
+                aux[1, frame.positions] = torch.from_numpy(shape[h, w])
+            for k, pos in enumerate(window.audio.tolist()):
+                t0 = (window.audio_offset + k) * per_token_s
+                aux[2, pos] = sound_label(spec, t0, t0 + per_token_s)
+        return aux
 
     def __len__(self) -> int:
         return len(self.clips)
@@ -274,6 +325,10 @@ class ClipCache:
         }
         if train:
             item["labels"] = torch.tensor(labels)
+            if c["aux"] is not None:
+                aux = torch.full((3, len(ids)), -100, dtype=torch.long)
+                aux[:, : c["aux"].shape[1]] = c["aux"]
+                item["aux"] = aux
         return item
 
 
@@ -318,6 +373,34 @@ def evaluate(model: torch.nn.Module, cache: ClipCache, *, batch_size: int = 8, p
     }
 
 
+class AuxHeads(torch.nn.Module):
+    """Training-only linear probes on media tokens (not saved with the model).
+
+    Color and shape of each video token's cell and the sound of each audio token, read from the LLM's
+    input embeddings (the encoders' output) and from its last hidden state. A model trained from scratch
+    otherwise learns perception only through one answer letter per question, spread by attention over
+    ~800 media tokens, which is slow on a CPU; these per-token labels (from the generator, as real
+    omni-models start from pretrained encoders) make the encoders useful in a few hundred steps.
+    """
+
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.inputs = torch.nn.ModuleList(torch.nn.Linear(hidden, 5) for _ in range(3))
+        self.outputs = torch.nn.ModuleList(torch.nn.Linear(hidden, 5) for _ in range(3))
+
+    def loss(self, embeds: torch.Tensor, last: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``labels``: (B, 3, L) with -100 where a token has no label of that kind."""
+        total = embeds.new_zeros(())
+        for k in range(3):
+            target = labels[:, k]
+            if (target != -100).any():
+                for heads, h in ((self.inputs, embeds), (self.outputs, last)):
+                    total = total + torch.nn.functional.cross_entropy(
+                        heads[k](h).flatten(0, 1), target.flatten(), ignore_index=-100
+                    )
+        return total
+
+
 def _lr_lambda(cfg: TinyOmniConfig, total: int):
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -357,12 +440,21 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tiny-omni: {n_params / 1e6:.2f}M parameters", flush=True)
 
-    train_cache = ClipCache(manifests["train"], processor, progress=progress)
+    train_cache = ClipCache(
+        manifests["train"], processor, config=model.config if cfg.aux_weight > 0 else None, progress=progress
+    )
     val_cache = ClipCache(manifests["validation"], processor, progress=progress) if "validation" in manifests else None
     steps_per_epoch = math.ceil(len(train_cache) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs if max_steps is None else int(max_steps)
+    aux_heads = AuxHeads(model.config.get_text_config().hidden_size)
+    captured: dict[str, torch.Tensor] = {}
+
+    def capture_inputs(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        captured["embeds"] = kwargs["inputs_embeds"]
+
+    hook = model.model.language_model.register_forward_pre_hook(capture_inputs, with_kwargs=True)
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in list(model.named_parameters()) + list(aux_heads.named_parameters(prefix="aux")):
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
@@ -389,22 +481,35 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
                 items.append(train_cache.item(i, turns, train=True))
             batch = collate(items, tok.pad_token_id)
             model.train()
-            out = model(**{k: batch[k] for k in _MODEL_KEYS}, labels=batch["labels"])
-            out.loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            use_aux = cfg.aux_weight > 0 and all("aux" in it for it in items)
+            out = model(**{k: batch[k] for k in _MODEL_KEYS}, labels=batch["labels"], output_hidden_states=use_aux)
+            loss = out.loss
+            aux_loss = None
+            if use_aux:
+                length = batch["input_ids"].shape[1]
+                aux = torch.full((len(items), 3, length), -100, dtype=torch.long)
+                for r, it in enumerate(items):  # left padding, as collate pads input_ids
+                    aux[r, :, length - it["aux"].shape[1] :] = it["aux"]
+                aux_loss = aux_heads.loss(captured.pop("embeds"), out.hidden_states[-1], aux)
+                loss = loss + cfg.aux_weight * aux_loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_heads.parameters()), cfg.grad_clip)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{out.loss.item():.3f}")
             record: dict[str, Any] = {"step": step, "loss": float(out.loss.item()), "lr": sched.get_last_lr()[0]}
+            if aux_loss is not None:
+                record["aux_loss"] = float(aux_loss.item())
+            bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("loss")})
             if val_cache is not None and (step % cfg.eval_every == 0 or step == total):
                 metrics = evaluate(model, val_cache, batch_size=cfg.batch_size)
                 record["val"] = metrics
                 bar.write(f"step {step}: val accuracy {metrics['accuracy']:.3f} {metrics['per_category']}")
             history.append(record)
     bar.close()
+    hook.remove()
     minutes = (time.time() - start) / 60
     test = None
     if "test" in manifests:
