@@ -102,3 +102,44 @@ def test_smoke_training_writes_a_loadable_checkpoint(synthav, tmp_path):
     assert proc.tokenizer("A red circle", add_special_tokens=False)["input_ids"] == build_tokenizer_and_processor()[
         0
     ]("A red circle", add_special_tokens=False)["input_ids"]
+
+
+# ----------------------------------------------------------------------------------- shipped checkpoints
+
+
+def test_shipped_tiny_omni_loads_and_answers_fresh_synthav_clips(tmp_path):
+    """checkpoints/tiny-omni is a real from_pretrained folder (< 25 MB) that answers SynthAV questions it never
+    saw (another seed than its training data) with all tokens, through `sift eval`'s processor path."""
+    from sift.evaluate import run_eval
+
+    weights = CHECKPOINT / "model.safetensors"
+    assert weights.is_file(), "checkpoints/tiny-omni is missing: python -m train tiny-omni --config configs/tiny-omni.yaml"
+    assert weights.stat().st_size < 25e6
+    generate(tmp_path / "data", {"test": 8}, seed=123, workers=1, progress=False)
+    result = run_eval(
+        manifest=str(tmp_path / "data" / "test.jsonl"),
+        model=str(CHECKPOINT),
+        methods=["none"],
+        max_new_tokens=2,
+        out=str(tmp_path / "eval"),
+        quiet=True,
+        threads=1,
+    )
+    (row,) = result["results"]
+    assert row["n"] == 24 and row["no_letter"] == 0
+    assert row["accuracy"] >= 0.75, row
+
+
+def test_demo_config_points_at_the_shipped_model_and_selector():
+    """configs/demo.yaml trains in front of checkpoints/tiny-omni; the committed demo selector matches it."""
+    import yaml
+
+    import sift
+
+    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    assert cfg["model"]["model"] == cfg["data"]["processor"] == "checkpoints/tiny-omni"
+    selector = sift.OmniSIFTSelector.from_pretrained(REPO / "checkpoints" / "omnisift-synthav")
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    hidden = Qwen2_5OmniThinkerConfig.from_pretrained(CHECKPOINT).get_text_config().hidden_size
+    selector.check_hidden_size(hidden)

@@ -69,7 +69,7 @@ class TinyOmniConfig:
     )
     # training
     seed: int = 0
-    epochs: int = 8
+    epochs: int = 6
     batch_size: int = 8
     lr: float = 1.0e-3
     min_lr_ratio: float = 0.05
@@ -133,6 +133,10 @@ def build_model(cfg: TinyOmniConfig, tokenizer: Any) -> torch.nn.Module:
 # ------------------------------------------------------------------------------------------------ data
 
 _END = "<|im_end|>"
+#: Per-token training labels: cell color, cell shape, sound, first-event flag, on-screen color (audio tokens).
+AUX_TASKS = 5
+#: Which of them are perception (probed on the encoders' output too) rather than reasoning (LLM states only).
+_PERCEPTION = (0, 1, 2)
 #: A turn of :meth:`ClipCache.item` that asks for the clip's caption instead of a question.
 CAPTION_TURN = object()
 
@@ -144,9 +148,11 @@ class ClipCache:
     the processor's interleaved video/audio tokens), the 2 fps frames (uint8), the log-mel features of
     its own length and the questions. :meth:`item` renders one training or evaluation sequence.
 
-    With the thinker ``config``, SynthAV clips also get per-token ground truth over the prefix
-    (``aux``: (3, prefix length) color / shape of each video token's cell and sound of each audio token,
-    -100 elsewhere), placed with the token layout (:func:`sift.build_layout`) and the clip's spec.
+    With the thinker ``config``, SynthAV clips also get per-token ground truth over the prefix (``aux``:
+    (:data:`AUX_TASKS`, prefix length), -100 where a task does not apply), placed with the token layout
+    (:func:`sift.build_layout`) and the clip's spec: color and shape of each video token's cell, sound of
+    each audio token, whether the token belongs to the clip's first event, and for audio tokens the color
+    of the shape on screen at that moment.
     """
 
     def __init__(
@@ -228,7 +234,7 @@ class ClipCache:
 
     def _aux_labels(self, video: str, out: Any) -> torch.Tensor | None:
         from sift.layout import build_layout
-        from sift.synthav import FPS, cell_labels, sound_label, spec_for_video
+        from sift.synthav import COLORS, FPS, SOUNDS, cell_labels, sound_label, spec_for_video
 
         spec = spec_for_video(video)
         if spec is None:
@@ -241,7 +247,8 @@ class ClipCache:
             feature_attention_mask=out["feature_attention_mask"],
             use_audio_in_video=True,
         )
-        aux = torch.full((3, out["input_ids"].shape[1]), -100, dtype=torch.long)
+        aux = torch.full((AUX_TASKS, out["input_ids"].shape[1]), -100, dtype=torch.long)
+        first = spec.events[0]
         per_token_s = 1.0 / 25  # Qwen2.5-Omni: 25 audio tokens per second
         grids: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for window in layout.rows[0].windows:
@@ -256,9 +263,15 @@ class ClipCache:
                 h, w = frame.hw[:, 0].numpy(), frame.hw[:, 1].numpy()
                 aux[0, frame.positions] = torch.from_numpy(color[h, w])
                 aux[1, frame.positions] = torch.from_numpy(shape[h, w])
+                first_color = list(COLORS).index(first.color) + 1
+                aux[3, frame.positions] = torch.from_numpy((color[h, w] == first_color).astype(np.int64))
             for k, pos in enumerate(window.audio.tolist()):
                 t0 = (window.audio_offset + k) * per_token_s
-                aux[2, pos] = sound_label(spec, t0, t0 + per_token_s)
+                sound = sound_label(spec, t0, t0 + per_token_s)
+                aux[2, pos] = sound
+                aux[3, pos] = int(sound == SOUNDS.index(first.sound) + 1)
+                on_screen = [e for e in spec.events if e.start <= t0 < e.end]
+                aux[4, pos] = list(COLORS).index(on_screen[0].color) + 1 if on_screen else 0
         return aux
 
     def __len__(self) -> int:
@@ -326,7 +339,7 @@ class ClipCache:
         if train:
             item["labels"] = torch.tensor(labels)
             if c["aux"] is not None:
-                aux = torch.full((3, len(ids)), -100, dtype=torch.long)
+                aux = torch.full((AUX_TASKS, len(ids)), -100, dtype=torch.long)
                 aux[:, : c["aux"].shape[1]] = c["aux"]
                 item["aux"] = aux
         return item
@@ -376,28 +389,36 @@ def evaluate(model: torch.nn.Module, cache: ClipCache, *, batch_size: int = 8, p
 class AuxHeads(torch.nn.Module):
     """Training-only linear probes on media tokens (not saved with the model).
 
-    Color and shape of each video token's cell and the sound of each audio token, read from the LLM's
-    input embeddings (the encoders' output) and from its last hidden state. A model trained from scratch
-    otherwise learns perception only through one answer letter per question, spread by attention over
-    ~800 media tokens, which is slow on a CPU; these per-token labels (from the generator, as real
-    omni-models start from pretrained encoders) make the encoders useful in a few hundred steps.
+    A model trained from scratch otherwise learns perception and the benchmark's temporal reasoning only
+    through one answer letter per question, spread by attention over ~800 media tokens, which takes far
+    longer than a CPU budget allows. These per-token labels come from the generator (as real omni-models
+    start from pretrained encoders and dense pretraining): perception (cell color / shape, sound) from the
+    encoders' output and from the LLM's middle and last hidden states; reasoning (is this token part of
+    the first event; for audio tokens, the color on screen now) from the LLM's middle and last states,
+    which it can compute causally (an audio token sees its window's video). The answer then only has
+    to read flagged tokens.
     """
 
     def __init__(self, hidden: int):
         super().__init__()
-        self.inputs = torch.nn.ModuleList(torch.nn.Linear(hidden, 5) for _ in range(3))
-        self.outputs = torch.nn.ModuleList(torch.nn.Linear(hidden, 5) for _ in range(3))
+        self.inputs = torch.nn.ModuleList(torch.nn.Linear(hidden, 5) for _ in _PERCEPTION)
+        self.middle = torch.nn.ModuleList(torch.nn.Linear(hidden, 5) for _ in range(AUX_TASKS))
+        self.outputs = torch.nn.ModuleList(torch.nn.Linear(hidden, 5) for _ in range(AUX_TASKS))
 
-    def loss(self, embeds: torch.Tensor, last: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """``labels``: (B, 3, L) with -100 where a token has no label of that kind."""
+    def loss(self, embeds: torch.Tensor, middle: torch.Tensor, last: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """``labels``: (B, AUX_TASKS, L) with -100 where a token has no label of that kind."""
         total = embeds.new_zeros(())
-        for k in range(3):
+        for k in range(AUX_TASKS):
             target = labels[:, k]
-            if (target != -100).any():
-                for heads, h in ((self.inputs, embeds), (self.outputs, last)):
-                    total = total + torch.nn.functional.cross_entropy(
-                        heads[k](h).flatten(0, 1), target.flatten(), ignore_index=-100
-                    )
+            if not (target != -100).any():
+                continue
+            probes = [(self.middle[k], middle), (self.outputs[k], last)]
+            if k in _PERCEPTION:
+                probes.append((self.inputs[k], embeds))
+            for head, h in probes:
+                total = total + torch.nn.functional.cross_entropy(
+                    head(h).flatten(0, 1), target.flatten(), ignore_index=-100
+                )
         return total
 
 
@@ -487,10 +508,11 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
             aux_loss = None
             if use_aux:
                 length = batch["input_ids"].shape[1]
-                aux = torch.full((len(items), 3, length), -100, dtype=torch.long)
+                aux = torch.full((len(items), AUX_TASKS, length), -100, dtype=torch.long)
                 for r, it in enumerate(items):  # left padding, as collate pads input_ids
                     aux[r, :, length - it["aux"].shape[1] :] = it["aux"]
-                aux_loss = aux_heads.loss(captured.pop("embeds"), out.hidden_states[-1], aux)
+                hs = out.hidden_states
+                aux_loss = aux_heads.loss(captured.pop("embeds"), hs[len(hs) // 2], hs[-1], aux)
                 loss = loss + cfg.aux_weight * aux_loss
             loss.backward()
             torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_heads.parameters()), cfg.grad_clip)
