@@ -148,7 +148,7 @@ def test_generate_refuses_a_folder_made_with_other_settings(tmp_path):
 def test_questions_answers_and_option_order():
     """Three questions per clip, in CATEGORIES order; options in QUESTIONS' fixed order; the cross-modal
     answer is the color of the shape on screen during the high tone, the audio answer the first event's
-    sound, the video answer the first event's shape; a subset of categories gives just those."""
+    sound, the video answer the first event's color; a subset of categories gives just those."""
     assert CATEGORIES == ("cross-modal", "audio", "video")
     for i in range(50):
         s = make_spec(0, "validation", i)
@@ -161,11 +161,11 @@ def test_questions_answers_and_option_order():
             assert set(q) == {"question", "options", "answer", "category"}
         assert by["cross-modal"]["options"] == ["red", "green", "blue", "yellow"]
         assert by["audio"]["options"] == ["low tone", "high tone", "chirp", "noise burst"]
-        assert by["video"]["options"] == ["circle", "square", "triangle", "cross"]
+        assert by["video"]["options"] == ["red", "green", "blue", "yellow"]
         ht = s.high_tone_event
         assert by["cross-modal"]["options"][LETTERS.index(by["cross-modal"]["answer"])] == ht.color
         assert by["audio"]["options"][LETTERS.index(by["audio"]["answer"])] == s.events[0].sound
-        assert by["video"]["options"][LETTERS.index(by["video"]["answer"])] == s.events[0].shape
+        assert by["video"]["options"][LETTERS.index(by["video"]["answer"])] == s.events[0].color
     s = make_spec(0, "validation", 0)
     assert [q["category"] for q in questions_for(s, ["video", "audio"])] == ["video", "audio"]
     # a hand-built spec: the high tone is on the second (blue) shape
@@ -173,7 +173,7 @@ def test_questions_answers_and_option_order():
     s.events[1].color, s.events[1].sound = "blue", "high tone"
     for e in s.events[2:]:
         e.sound = "noise burst"
-    assert [q["answer"] for q in questions_for(s)] == ["C", "C", "D"]
+    assert [q["answer"] for q in questions_for(s)] == ["C", "C", "D"]  # blue, chirp, yellow
 
 
 def test_answers_are_balanced_over_letters():

@@ -33,6 +33,11 @@ def test_committed_config_parses_and_unknown_keys_are_refused(tmp_path):
     cfg = load_config(str(REPO / "configs" / "tiny-omni.yaml"))
     assert isinstance(cfg, TinyOmniConfig) and cfg.out_dir == "checkpoints/tiny-omni"
     assert cfg.hidden_size == 128 and cfg.num_layers == 4
+    stage2 = load_config(str(REPO / "configs" / "tiny-omni-continue.yaml"))
+    assert stage2.init_from and stage2.out_dir == cfg.out_dir and stage2.epochs < cfg.epochs
+    assert {k: v for k, v in vars(stage2).items() if k not in ("init_from", "epochs", "warmup_steps")} == {
+        k: v for k, v in vars(cfg).items() if k not in ("init_from", "epochs", "warmup_steps")
+    }
     bad = tmp_path / "bad.yaml"
     bad.write_text((REPO / "configs" / "tiny-omni.yaml").read_text().replace("batch_size:", "batchsize:"))
     with pytest.raises(ValueError, match="batchsize"):
@@ -72,6 +77,33 @@ def test_training_item_labels_every_answer_and_the_caption(synthav, processor):
     # the first turn is the single-question prompt: the eval item is a prefix of the training item
     first = cache.item(0, [samples[2]], train=False)["input_ids"]
     assert torch.equal(item["input_ids"][: len(first)], first)
+
+
+def test_per_token_labels_follow_the_clip_spec(synthav, processor):
+    """Dense labels sit on the right tokens: sounds on audio tokens for each sound's duration (25 tokens/s),
+    shape colors only on video tokens, the first-event flag on the first sound and the first shape's cells."""
+    from sift.synthav import COLORS, SOUNDS, spec_for_video
+    from train.tiny_omni import AUX_TASKS, build_model, load_config
+
+    tok = processor.tokenizer
+    config = build_model(load_config(None, {"hidden_size": 32, "num_layers": 1}), tok).config
+    cache = ClipCache(synthav / "train.jsonl", processor, config=config, progress=False)
+    clip = cache.clips[0]
+    aux, ids = clip["aux"], clip["prefix"]
+    spec = spec_for_video(clip["video"])
+    assert aux.shape == (AUX_TASKS, ids.shape[0])
+    audio = ids == tok.convert_tokens_to_ids("<|AUDIO|>")
+    video = ids == tok.convert_tokens_to_ids("<|VIDEO|>")
+    assert ((aux[0] >= 0) == video).all() and ((aux[2] >= 0) == audio).all() and ((aux[4] >= 0) == audio).all()
+    for e in spec.events:
+        n = int((aux[2] == SOUNDS.index(e.sound) + 1).sum())
+        assert abs(n - 25 * (e.sound_end - e.sound_start)) <= 1.5, (e.sound, n)
+        assert int((aux[0] == list(COLORS).index(e.color) + 1).sum()) > 0  # every shape is seen
+    first = spec.events[0]
+    flagged = aux[3] == 1
+    assert (aux[2][flagged & audio] == SOUNDS.index(first.sound) + 1).all()
+    assert (aux[0][flagged & video] == list(COLORS).index(first.color) + 1).all()
+    assert int((flagged & audio).sum()) > 0 and int((flagged & video).sum()) > 0
 
 
 def test_smoke_training_writes_a_loadable_checkpoint(synthav, tmp_path):

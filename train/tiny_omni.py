@@ -81,6 +81,8 @@ class TinyOmniConfig:
     aux_weight: float = 1.0
     eval_every: int = 200
     threads: int = 0
+    # continue from a saved tiny-omni folder (same dimensions) with a fresh schedule; None: from scratch
+    init_from: str | None = None
     # output
     out_dir: str = "checkpoints/tiny-omni"
 
@@ -456,8 +458,24 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     manifests = ensure_data(cfg)
-    tok, processor = build_tokenizer_and_processor()
+    if cfg.init_from:  # keep the saved tokenizer: token ids must match the saved embeddings
+        from transformers import Qwen2_5OmniProcessor
+
+        processor = Qwen2_5OmniProcessor.from_pretrained(cfg.init_from)
+        tok = processor.tokenizer
+    else:
+        tok, processor = build_tokenizer_and_processor()
     model = build_model(cfg, tok)
+    if cfg.init_from:
+        from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+        saved = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(cfg.init_from, attn_implementation="sdpa")
+        if saved.state_dict().keys() != model.state_dict().keys() or any(
+            saved.state_dict()[k].shape != v.shape for k, v in model.state_dict().items()
+        ):
+            raise ValueError(f"init_from={cfg.init_from}: its dimensions do not match this config")
+        model = saved
+        print(f"tiny-omni: continuing from {cfg.init_from}", flush=True)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tiny-omni: {n_params / 1e6:.2f}M parameters", flush=True)
 
@@ -567,6 +585,7 @@ def model_card(result: dict[str, Any]) -> str:
     cfg = result["config"]
     test = result.get("test") or {}
     rows = "\n".join(f"| {k} | {v * 100:.1f} |" for k, v in (test.get("per_category") or {}).items())
+    continued = f", continuing from `{cfg['init_from']}` (see its training.json)" if cfg.get("init_from") else ""
     return f"""# tiny-omni
 
 A {result['parameters'] / 1e6:.2f}M-parameter `Qwen2_5OmniThinkerForConditionalGeneration` (the real transformers
@@ -581,7 +600,8 @@ tokens, on a machine that cannot download Qwen2.5-Omni. It knows nothing but Syn
 - Data: SynthAV seed {cfg['data_seed']}, {result['train_clips']} training clips of {cfg['min_seconds']}-{cfg['max_seconds']} s
   (3 questions each, asked as consecutive chat turns).
 - Training: {result['steps']} steps ({result['epochs']:.1f} epochs) of {cfg['batch_size']} clips, AdamW lr {cfg['lr']}
-  cosine, {result['train_minutes']:.1f} min on CPU.
+  cosine, {result['train_minutes']:.1f} min on CPU{continued}. Loss: cross-entropy on every answer and caption
+  token, plus {cfg['aux_weight']} x per-token probes (training only, see `train/tiny_omni.py::AuxHeads`).
 
 ## Accuracy on SynthAV test (all tokens, greedy)
 
@@ -609,11 +629,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="overrides the config")
     parser.add_argument("--train-clips", type=int, help="overrides the config")
     parser.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
+    parser.add_argument("--init-from", help="continue from a saved tiny-omni folder (overrides the config)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(
         args.config,
-        {"data_dir": args.data_dir, "out_dir": args.out_dir, "epochs": args.epochs, "train_clips": args.train_clips},
+        {"data_dir": args.data_dir, "out_dir": args.out_dir, "epochs": args.epochs, "train_clips": args.train_clips,
+         "init_from": args.init_from},
     )
     result = train(cfg, max_steps=args.max_steps)
     print(f"saved tiny-omni to {cfg.out_dir} ({result['steps']} steps, {result['train_minutes']:.1f} min)")
