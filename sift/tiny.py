@@ -132,21 +132,19 @@ def tiny_tokenizer(corpus: Sequence[str] | None = None, *, vocab_size: int = 512
                     merges.append((left, right))
                     vocab[word[: i + 1]] = len(vocab)
         backend = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        backend.decoder = decoders.ByteLevel()
-        backend.add_special_tokens(list(SPECIAL_TOKENS))
     else:
         if vocab_size < len(alphabet) + len(SPECIAL_TOKENS):
             raise ValueError(f"vocab_size={vocab_size} cannot hold the 256 bytes and {len(SPECIAL_TOKENS)} special tokens")
         backend = Tokenizer(models.BPE(fuse_unk=False))
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        backend.decoder = decoders.ByteLevel()
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    if corpus is not None:
         trainer = trainers.BpeTrainer(
             vocab_size=vocab_size, initial_alphabet=alphabet, special_tokens=[], show_progress=False, min_frequency=1
         )
         texts = list(corpus) + [f"{w}\n" for w in _MERGED_WORDS] + [DEFAULT_SYSTEM_PROMPT]
         backend.train_from_iterator(texts, trainer=trainer)
-        backend.add_special_tokens(list(SPECIAL_TOKENS))
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
 
     tok = PreTrainedTokenizerFast(
         tokenizer_object=backend,
