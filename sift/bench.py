@@ -67,6 +67,7 @@ from typing import Any
 
 import torch
 
+from sift import hf_internals as hf
 from sift.evaluate import UsageError
 
 __all__ = ["run_bench", "bench_options", "synthetic_inputs", "machine_info", "add_arguments", "main"]
@@ -262,13 +263,10 @@ class _Probe:
         self.lm_calls: list[tuple[float, int]] = []  # (seconds, tokens in)
         self.thinker_ends: list[float] = []
         self._t: dict[str, float] = {}
-        inner = self.thinker.model
-        for name, module in (("audio", getattr(inner, "audio_tower", None)), ("vision", getattr(inner, "visual", None))):
-            if module is None:
-                continue
+        for name, module in (("audio", hf.audio_tower(self.thinker)), ("vision", hf.vision_tower(self.thinker))):
             self.handles.append(module.register_forward_pre_hook(partial(self._enc_start, name)))
             self.handles.append(module.register_forward_hook(partial(self._enc_stop, name)))
-        lm = inner.language_model
+        lm = hf.language_model(self.thinker)
         self.handles.append(lm.register_forward_pre_hook(self._lm_start, with_kwargs=True))
         self.handles.append(lm.register_forward_hook(self._lm_stop))
         self.handles.append(self.thinker.register_forward_hook(self._thinker_end))

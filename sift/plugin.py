@@ -27,6 +27,7 @@ import torch
 from torch.utils.hooks import RemovableHandle
 from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniThinkerForConditionalGeneration
 
+from sift import hf_internals as hf
 from sift.compressors import CompressionBatch, Compressor, Selection, get_compressor
 from sift.layout import LAYOUT_KEYS, TokenLayout, layout_of
 
@@ -116,7 +117,7 @@ class CompressionSession:
         try:
             self._handles = [
                 thinker.register_forward_pre_hook(self._before_thinker, with_kwargs=True),
-                thinker.model.language_model.register_forward_pre_hook(self._before_language_model, with_kwargs=True),
+                hf.language_model(thinker).register_forward_pre_hook(self._before_language_model, with_kwargs=True),
                 thinker.register_forward_hook(self._after_thinker, with_kwargs=True),
             ]
             self._handles += self.compressor.attach(thinker, self.signals)
@@ -166,7 +167,7 @@ class CompressionSession:
             kwargs = {"input_ids": args[0], **kwargs}
         self._prefill = None
         input_ids = kwargs.get("input_ids")
-        cache = kwargs.get("past_key_values")
+        cache = hf.cache_in(kwargs)
         past_len = cache.get_seq_length() if cache is not None else 0
         state = self._cache_state(cache)
         if state is not None and past_len > 0:
@@ -212,7 +213,7 @@ class CompressionSession:
                 "sift.compress needs the language model to receive inputs_embeds, 3D position_ids and a 2D "
                 "attention mask (static caches with prepared 4D masks are not supported)"
             )
-        pos3 = positions[1:] if positions.shape[0] == 4 else positions
+        text_row, pos3 = hf.split_text_positions(positions)
         start = time.perf_counter()
         batch = CompressionBatch(
             embeds=embeds,
@@ -229,14 +230,14 @@ class CompressionSession:
             embeds = selection.embeds
         valid = mask.bool()
         keep = selection.keep & valid
-        p.rope_deltas = _rope_deltas(pos3, valid)
+        p.rope_deltas = hf.rope_deltas(pos3, valid)
         if bool((keep == valid).all()):
             slots = torch.nonzero(valid, as_tuple=True)
             p.slots = (slots[0], slots[1], slots[1])
             p.kept_mask = mask
             kwargs["inputs_embeds"] = embeds
         else:
-            kwargs.update(self._shrink(embeds, pos3, positions.shape[0] == 4, mask, keep, p))
+            kwargs.update(self._shrink(embeds, pos3, text_row is not None, mask, keep, p))
         if selection.updates is not None:
             kwargs["inputs_embeds"] = self._apply_updates(kwargs["inputs_embeds"], selection.updates, keep, p)
         if embeds.is_cuda:
@@ -261,7 +262,7 @@ class CompressionSession:
             return output
         self.stats = p.stats
         self.history.append(p.stats)
-        cache = getattr(output, "past_key_values", None)
+        cache = hf.cache_out(output)
         if cache is not None and p.kept_mask is not None:
             # Stored on the cache itself so copies (copy.deepcopy for branching) carry it along.
             cache._sift_state = _CacheState(
@@ -326,8 +327,7 @@ class CompressionSession:
         new_pos = torch.ones(3, B, K, dtype=pos3.dtype, device=pos3.device)
         new_pos[:, rows, dst] = pos3[:, rows, src]
         if four_rows:  # generate's text-position row: contiguous over the kept sequence
-            text = (new_mask.long().cumsum(-1) - 1).masked_fill(new_mask == 0, 0).to(pos3.dtype)
-            new_pos = torch.cat([text[None], new_pos], dim=0)
+            new_pos = hf.with_text_positions(new_pos, new_mask)
         p.kept_mask = new_mask
         p.slots = (rows, src, dst)
         return {"inputs_embeds": new_embeds, "attention_mask": new_mask, "position_ids": new_pos}
@@ -341,12 +341,12 @@ class CompressionSession:
         ids = kwargs.get("input_ids")
         cfg = self.thinker.config
         new_media = ids is not None and bool(torch.isin(ids, ids.new_tensor(_media_ids(cfg))).any())
-        if new_media and any(kwargs.get(k) is not None for k in _MEDIA_KEYS):
+        if new_media and any(kwargs.get(k) is not None for k in hf.MEDIA_INPUT_KEYS):
             raise NotImplementedError(
                 "new images, audio or video on top of a compressed KV cache are not supported; "
                 "start a new conversation (no past_key_values) for new media"
             )
-        for key in _MEDIA_KEYS:  # the history's media, passed again by a chat loop: already in the cache
+        for key in hf.MEDIA_INPUT_KEYS:  # the history's media, passed again by a chat loop: already in the cache
             kwargs.pop(key, None)
         ref = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
         q = ref.shape[1]
@@ -376,27 +376,18 @@ class CompressionSession:
     def _fix_continuation_slice(self, args: tuple, kwargs: dict) -> dict:
         """`generate` on full history ids with a compressed cache would slice too many new tokens: fix the count."""
         input_ids = args[0] if args else kwargs.get("input_ids")
-        cache, mask, n = kwargs.get("past_key_values"), kwargs.get("attention_mask"), kwargs.get("next_sequence_length")
+        cache, mask, n = hf.cache_in(kwargs), kwargs.get("attention_mask"), kwargs.get(hf.NEXT_SEQUENCE_LENGTH)
         state = self._cache_state(cache)
         if state is not None and n is not None and input_ids is not None:
             # generate drops an all-ones mask; then full-history ids are the only way it computes a count
             full_ids = mask is None or mask.shape[1] == input_ids.shape[1]
             if full_ids and n == input_ids.shape[1] - cache.get_seq_length():
-                kwargs = {**kwargs, "next_sequence_length": n - state.offset}
+                kwargs = {**kwargs, hf.NEXT_SEQUENCE_LENGTH: n - state.offset}
         return kwargs
-
-
-_MEDIA_KEYS = ("pixel_values", "pixel_values_videos", "input_features", "mm_encoder_outputs")
 
 
 def _media_ids(config: Any) -> list[int]:
     return [config.audio_token_id, config.video_token_id, config.image_token_id]
-
-
-def _rope_deltas(pos3: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """(B, 1) max 3D position + 1 - number of real tokens, as `get_rope_index` defines it."""
-    masked = pos3.masked_fill(~valid[None], torch.iinfo(pos3.dtype).min if not pos3.is_floating_point() else -1e9)
-    return (masked.amax(dim=(0, 2)) + 1 - valid.sum(1)).unsqueeze(1)
 
 
 def compress(

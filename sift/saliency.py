@@ -43,6 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from sift import hf_internals as hf
+
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
     from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioAttention
@@ -170,12 +172,6 @@ def pool_like_encoder(saliency: torch.Tensor, feature_lens: torch.Tensor | Seque
     return result
 
 
-def _arg(args: tuple, kwargs: dict, name: str, position: int) -> Any:
-    if name in kwargs:
-        return kwargs[name]
-    return args[position] if len(args) > position else None
-
-
 def attach_audio_saliency(
     thinker: Qwen2_5OmniThinkerForConditionalGeneration,
     signals: dict,
@@ -189,19 +185,17 @@ def attach_audio_saliency(
     (the rows of ``feature_attention_mask``), each with one value per LLM audio token of that audio.
     Returns the hook handles; call ``.remove()`` on each to detach.
     """
-    tower = thinker.model.audio_tower
-    attn = tower.layers[-1].self_attn
+    tower, attn = hf.audio_tower(thinker), hf.audio_attention(thinker)
     state: dict[str, Any] = {}
 
     def tower_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         state.clear()
-        state["feature_lens"] = _arg(args, kwargs, "feature_lens", 1)
+        state["feature_lens"] = hf.audio_tower_feature_lens(args, kwargs)
 
     def attn_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if "feature_lens" not in state:  # attention called outside an audio-tower call
             return
-        hidden_states = _arg(args, kwargs, "hidden_states", 0)
-        cu_seqlens = _arg(args, kwargs, "cu_seqlens", 1)
+        hidden_states, cu_seqlens = hf.audio_attention_inputs(args, kwargs)
         with torch.no_grad():
             received = block_attention_received(
                 hidden_states.detach(), module, cu_seqlens, max_block_group=max_block_group

@@ -11,6 +11,7 @@ from transformers import (
     Qwen2_5OmniThinkerForConditionalGeneration,
 )
 
+from sift import hf_internals as hf
 from sift.flops import QWEN25_OMNI_3B, QWEN25_OMNI_7B, flops, flops_ratio, omni_thinker_config, text_dims
 
 # A small LLM: T = 2 layers, hidden d = 4, FFN m = 8.
@@ -85,7 +86,7 @@ def test_thinker_config_reproduces_real_parameter_counts(size):
     assert count(model) == pytest.approx(expected["thinker"], rel=2e-3)
     assert count(model.model.audio_tower) == pytest.approx(expected["audio"], rel=2e-3)
     assert count(model.model.visual) == pytest.approx(expected["vision"], rel=2e-3)
-    assert count(model.model.language_model) == pytest.approx(expected["llm"], rel=2e-3)
+    assert count(hf.language_model(model)) == pytest.approx(expected["llm"], rel=2e-3)
     # fewer layers, tiny encoders, small vocabulary: the LLM dims stay real
     small = omni_thinker_config(size, layers=1, encoders="tiny", vocab_size=1024)
     assert small.text_config.num_hidden_layers == 1 and small.text_config.vocab_size == 1024

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import save_file
 
 import sift
+from sift import hf_internals as hf
 from sift.budget import keep_count
 from sift.compressors.omnisift import OmniSIFT
 from sift.compressors.omnizip import OmniZip
@@ -84,7 +85,7 @@ def _decoder_inputs(model, inputs, comp, grad: bool):
         seen["embeds"] = kwargs["inputs_embeds"]
 
     with torch.set_grad_enabled(grad), sift.compress(model, comp) as s:
-        h = model.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
+        h = hf.language_model(model).register_forward_pre_hook(record, with_kwargs=True)
         try:
             model(**inputs)
         finally:

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import sift
+from sift import hf_internals as hf
 from sift.budget import keep_count, split_row
 from sift.compressors.omnizip import OmniZip, dpc_knn_scores, merge_weights, window_video_ratios
 from sift.media import synth_clip
@@ -217,7 +218,7 @@ def test_merged_anchors_reach_the_decoder(thinker, synth_inputs):
 
     comp.select = select
     with torch.no_grad(), sift.compress(thinker, comp) as session:
-        h = thinker.model.language_model.register_forward_pre_hook(record, with_kwargs=True)
+        h = hf.language_model(thinker).register_forward_pre_hook(record, with_kwargs=True)
         thinker(**synth_inputs)
         h.remove()
     rows, positions, values = captured["sel"].updates

@@ -9,6 +9,7 @@ import torch
 from transformers import DynamicCache
 
 import sift
+from sift import hf_internals as hf
 from sift.media import synth_clip
 from sift.tiny import omni_inputs, tiny_thinker
 
@@ -25,7 +26,7 @@ class LanguageModelSpy:
 
     def __init__(self, thinker):
         self.calls: list[dict] = []
-        self.handle = thinker.model.language_model.register_forward_pre_hook(self._record, with_kwargs=True)
+        self.handle = hf.language_model(thinker).register_forward_pre_hook(self._record, with_kwargs=True)
 
     def _record(self, module, args, kwargs):
         self.calls.append({k: kwargs.get(k) for k in ("inputs_embeds", "position_ids", "attention_mask")})
@@ -98,18 +99,18 @@ def test_half_retention_token_count_and_positions(thinker, synth_inputs):
 
 def _manual_greedy(model, embeds, positions, mask, steps):
     """Greedy decoding with an explicit KV cache on already-shrunk inputs, outside any sift hook."""
-    lm, head, embed = model.model.language_model, model.lm_head, model.get_input_embeddings()
+    lm, head, embed = hf.language_model(model), model.lm_head, model.get_input_embeddings()
     cache = DynamicCache(config=model.config.get_text_config())
     tokens = []
     with torch.no_grad():
-        h = lm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, past_key_values=cache).last_hidden_state
+        h = lm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, **{hf.CACHE_KWARG: cache}).last_hidden_state
         nxt = head(h[:, -1]).argmax(-1)
         pos = positions[:, :, -1:]
         for _ in range(steps):
             tokens.append(nxt)
             pos = pos + 1
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            h = lm(inputs_embeds=embed(nxt[:, None]), position_ids=pos, attention_mask=mask, past_key_values=cache)
+            h = lm(inputs_embeds=embed(nxt[:, None]), position_ids=pos, attention_mask=mask, **{hf.CACHE_KWARG: cache})
             nxt = head(h.last_hidden_state[:, -1]).argmax(-1)
     return torch.stack(tokens, dim=1)
 
@@ -185,7 +186,7 @@ def test_multi_turn_follow_up_on_compressed_cache(thinker, synth_inputs, tokeniz
         with torch.no_grad():
             first = thinker.generate(**synth_inputs, **gen, return_dict_in_generate=True)
         kept = session.stats.tokens_after[0]
-        assert first.past_key_values.get_seq_length() == kept + 3  # the cache holds only kept tokens
+        assert hf.cache_out(first).get_seq_length() == kept + 3  # the cache holds only kept tokens
         follow = tokenizer(
             "<|im_end|>\n<|im_start|>user\nAnd then?<|im_end|>\n<|im_start|>assistant\n", return_tensors="pt"
         ).input_ids
@@ -196,21 +197,21 @@ def test_multi_turn_follow_up_on_compressed_cache(thinker, synth_inputs, tokeniz
             # Reference: the whole history compressed from scratch (random keeps the same media tokens).
             scratch = thinker.generate(input_ids=history, attention_mask=mask, **media, **gen)
             # A chat loop continuing the compressed cache, with the full history ids and the media passed again...
-            cache = copy.deepcopy(first.past_key_values)
+            cache = copy.deepcopy(hf.cache_out(first))
             again = thinker.generate(
-                input_ids=history, attention_mask=mask, **media, past_key_values=cache, **gen
+                input_ids=history, attention_mask=mask, **media, **{hf.CACHE_KWARG: cache}, **gen
             )
             # ...or with only the new tokens and the full-history mask.
-            cache = copy.deepcopy(first.past_key_values)
+            cache = copy.deepcopy(hf.cache_out(first))
             only_new = thinker.generate(
-                input_ids=follow, attention_mask=mask, past_key_values=cache, **gen
+                input_ids=follow, attention_mask=mask, **{hf.CACHE_KWARG: cache}, **gen
             )
     assert torch.equal(again[:, -4:], scratch[:, -4:])
     assert torch.equal(only_new[:, -4:], scratch[:, -4:])
 
 
 def test_hooks_removed_on_exit_and_on_error(thinker, synth_inputs):
-    lm = thinker.model.language_model
+    lm = hf.language_model(thinker)
 
     def counts():
         return (len(thinker._forward_pre_hooks), len(thinker._forward_hooks), len(lm._forward_pre_hooks))

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from sift import hf_internals as hf
+
 pytest.importorskip("lightning")
 pytest.importorskip("peft")
 pytest.importorskip("torchmetrics")
@@ -426,14 +428,14 @@ def test_lora_with_distillation_trains_and_exports_a_peft_adapter(clips, tmp_pat
     assert all(k.startswith("base_model.model.layers.") and ".default." not in k for k in saved)
 
     base = tiny_thinker(seed=0)
-    language_model = base.model.language_model
+    language_model = hf.language_model(base)
     ids = torch.arange(10)[None]
     before = language_model(input_ids=ids).last_hidden_state
     peft_model = PeftModel.from_pretrained(language_model, out / "lora")
     loaded = {n: p for n, p in peft_model.named_parameters() if ".lora_" in n}
     assert len(loaded) == len(lora_keys)
     for key in lora_keys:
-        name = "base_model.model." + key[len("model.model.language_model.") :]
+        name = "base_model.model." + key[len(f"model.{hf.LANGUAGE_MODEL_PATH}.") :]
         assert torch.equal(loaded[name].float(), state[key].float()), key
     after = peft_model(input_ids=ids).last_hidden_state
     assert not torch.allclose(before, after)  # the trained adapter changes the language model
@@ -492,8 +494,8 @@ def test_export_reads_a_deepspeed_zero_checkpoint(tmp_path, monkeypatch):
     selector = OmniSIFTSelector.from_pretrained(out)
     for name, value in module.selector.state_dict().items():
         assert torch.equal(selector.state_dict()[name], value.float()), name
-    peft_model = PeftModel.from_pretrained(tiny_thinker(seed=0).model.language_model, out / "lora")
+    peft_model = PeftModel.from_pretrained(hf.language_model(tiny_thinker(seed=0)), out / "lora")
     loaded = {n: p for n, p in peft_model.named_parameters() if ".lora_" in n}
-    for name, p in module.model.model.language_model.named_parameters():
+    for name, p in hf.language_model(module.model).named_parameters():
         if ".lora_" in name:
             assert torch.equal(loaded["base_model.model." + name], p.float()), name

@@ -37,6 +37,7 @@ from lightning.pytorch.callbacks import Callback
 from torchmetrics.aggregation import CatMetric, MeanMetric, SumMetric
 
 import sift
+from sift import hf_internals as hf
 from sift.compressors.omnisift import OmniSIFT
 from sift.manifest import extract_letter
 from sift.selector import OmniSIFTConfig, OmniSIFTSelector
@@ -53,7 +54,7 @@ __all__ = [
 ]
 
 #: Where the language model sits inside the LightningModule (`self.model` is the thinker).
-LORA_PREFIX = "model.model.language_model."
+LORA_PREFIX = f"model.{hf.LANGUAGE_MODEL_PATH}."
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -241,7 +242,7 @@ class SelectorModule(L.LightningModule):
         if self.hparams.finetune == "lora":
             from peft import inject_adapter_in_model
 
-            inject_adapter_in_model(self.lora_config(), model.model.language_model)
+            inject_adapter_in_model(self.lora_config(), hf.language_model(model))
             for name, param in model.named_parameters():
                 param.requires_grad_(is_lora_key(name))
         self.model = model

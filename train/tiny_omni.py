@@ -40,6 +40,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from sift import hf_internals as hf
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["TinyOmniConfig", "load_config", "build_model", "ClipCache", "train", "main"]
@@ -491,7 +493,7 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
     def capture_inputs(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         captured["embeds"] = kwargs["inputs_embeds"]
 
-    hook = model.model.language_model.register_forward_pre_hook(capture_inputs, with_kwargs=True)
+    hook = hf.language_model(model).register_forward_pre_hook(capture_inputs, with_kwargs=True)
     decay, no_decay = [], []
     for name, p in list(model.named_parameters()) + list(aux_heads.named_parameters(prefix="aux")):
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
