@@ -9,16 +9,18 @@ DEMO ?= runs/demo
 DEMO_TEST_CLIPS ?= 100
 DEMO_TRAIN_CLIPS ?= 300
 
-.PHONY: install demo demo-eval test clean
+.PHONY: install demo demo-eval test test-lowest test-newest constraints clean
 
+# Every install goes through constraints.txt, the exact stack the suite was run on (see its header to refresh).
 # deepspeed ships as an sdist whose build needs torch: build it against the torch installed first
 # (DS_BUILD_OPS=0: its ops are JIT-compiled on GPU nodes when used), then add the train extra.
-$(STAMP): pyproject.toml
+PIP := $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt
+$(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
-	$(PY) -m pip install --quiet -e ".[dev]"
-	DS_BUILD_OPS=0 $(PY) -m pip install --quiet --no-build-isolation "deepspeed>=0.15"
-	$(PY) -m pip install --quiet -e ".[dev,train]"
+	$(PIP) --upgrade pip setuptools wheel
+	$(PIP) -e ".[dev]"
+	DS_BUILD_OPS=0 $(PIP) --no-build-isolation deepspeed
+	$(PIP) -e ".[dev,train]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,5 +43,38 @@ demo-eval: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+# The plug-in, end-to-end and internals tests on the lowest transformers pyproject.toml allows, the rest of
+# the stack pinned. transformers goes into a side folder put first on PYTHONPATH; the venv is untouched.
+STACKS := .ci-stack
+TF_LOWEST = $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+LOWEST_TESTS ?= tests/test_hf_internals.py tests/test_plugin.py tests/test_end_to_end.py tests/test_eval_bench.py
+test-lowest: $(STAMP)
+	rm -rf $(STACKS)/lowest && mkdir -p $(STACKS)
+	grep -v '^transformers==' constraints.txt > $(STACKS)/constraints-lowest.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --target $(STACKS)/lowest \
+		-c $(STACKS)/constraints-lowest.txt "transformers==$(TF_LOWEST)"
+	PYTHONPATH=$(STACKS)/lowest $(PY) -m pytest -q $(LOWEST_TESTS)
+
+# The whole suite on the newest released transformers (and the newest of what it pulls in), to see the next
+# break before a user does. .ci/run reports the outcome without failing on it.
+test-newest: $(STAMP)
+	rm -rf $(STACKS)/newest && mkdir -p $(STACKS)
+	$(PY) -m pip install --quiet --disable-pip-version-check --target $(STACKS)/newest --upgrade transformers
+	PYTHONPATH=$(STACKS)/newest $(PY) -m pytest -q -p no:cacheprovider
+
+# Re-resolve the newest versions pyproject.toml allows in a scratch venv and rewrite constraints.txt.
+constraints:
+	rm -rf $(STACKS)/refresh
+	python3 -m venv $(STACKS)/refresh
+	$(STACKS)/refresh/bin/pip install --quiet --upgrade pip setuptools wheel
+	$(STACKS)/refresh/bin/pip install --quiet -e ".[dev]"
+	DS_BUILD_OPS=0 $(STACKS)/refresh/bin/pip install --quiet --no-build-isolation deepspeed
+	$(STACKS)/refresh/bin/pip install --quiet -e ".[dev,train]"
+	sed -n '/^#/p' constraints.txt > $(STACKS)/constraints.new
+	$(STACKS)/refresh/bin/pip freeze --all --exclude-editable | grep -v '^sift-omni' >> $(STACKS)/constraints.new
+	mv $(STACKS)/constraints.new constraints.txt
+	rm -rf $(STACKS)/refresh
+	@echo "constraints.txt rewritten; now run: make clean test"
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis
+	rm -rf $(VENV) $(STACKS) .pytest_cache .hypothesis
