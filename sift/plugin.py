@@ -399,10 +399,11 @@ def compress(
     ...     out = thinker.generate(**inputs, max_new_tokens=32)
     >>> session.stats.retention
 
-    `compressor` may also be a registered name, with `retention` and method options as keywords.
+    `compressor` may also be a registered name, with `retention` and method options as keywords; the name
+    follows `get_compressor`'s rule (a retention is required except for `none` and OmniZip's rho options).
     """
     if isinstance(compressor, str):
-        compressor = get_compressor(compressor, retention=1.0 if retention is None else retention, **kwargs)
+        compressor = get_compressor(compressor, retention=retention, **kwargs)
     elif retention is not None or kwargs:
         raise TypeError("retention and method options go to get_compressor, not to compress, for a built compressor")
     return CompressionSession(model, compressor)

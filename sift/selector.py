@@ -17,7 +17,9 @@ Checkpoints are a `PreTrainedModel`: `save_pretrained(dir)` writes `config.json`
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -30,6 +32,9 @@ __all__ = ["OmniSIFTConfig", "OmniSIFTSelector", "VGAS", "LearnableSTVP", "PUBLI
 
 #: Where the published OmniSIFT-7B checkpoint keeps the selector's weights.
 PUBLISHED_PREFIX = "thinker.compressor."
+
+#: A Hugging Face Hub id of the form "org/name" (selectors are never legacy single-name repos).
+_HUB_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?/[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?")
 
 
 class OmniSIFTConfig(PretrainedConfig):
@@ -44,6 +49,11 @@ class OmniSIFTConfig(PretrainedConfig):
         audio_advantage: audio keeps this much more of its tokens (fraction) than video, when the budget allows.
         ste_temperature: of the soft scores used by the straight-through estimator.
         gumbel: add Gumbel noise to the scores before top-k while training (exploration).
+        audio_topk: "clip" (top-k over each audio clip, sift's default) or "chunk" (per 2 s window, the
+            published OmniSIFT's `compression_units` rule); the compressor's `audio_topk` overrides it.
+        rho_audio / rho_video: the selector's own operating point as prune ratios (fraction dropped per
+            window / per frame), used when the compressor gets no retention; `from_published` sets the
+            reference's 0.3 / 0.7. None: a retention must be given.
     """
 
     model_type = "omnisift_selector"
@@ -61,6 +71,9 @@ class OmniSIFTConfig(PretrainedConfig):
         audio_advantage: float = 0.3,
         ste_temperature: float = 0.1,
         gumbel: bool = False,
+        audio_topk: str = "clip",
+        rho_audio: float | None = None,
+        rho_video: float | None = None,
         **kwargs: Any,
     ):
         if init not in ("omnizip", "random"):
@@ -70,6 +83,12 @@ class OmniSIFTConfig(PretrainedConfig):
             raise ValueError(f"audio_prior must be 'omnizip' or 'none', got {audio_prior!r}")
         if ste_temperature <= 0:
             raise ValueError(f"ste_temperature must be > 0, got {ste_temperature}")
+        if audio_topk not in ("clip", "chunk"):
+            raise ValueError(f"audio_topk must be 'clip' or 'chunk', got {audio_topk!r}")
+        if (rho_audio is None) != (rho_video is None) or any(
+            r is not None and not 0.0 <= r < 1.0 for r in (rho_audio, rho_video)
+        ):
+            raise ValueError(f"rho_audio/rho_video: both None or both in [0, 1), got {rho_audio}, {rho_video}")
         self.hidden_size = hidden_size
         self.vgas_dim = vgas_dim
         self.vgas_heads = vgas_heads
@@ -81,6 +100,9 @@ class OmniSIFTConfig(PretrainedConfig):
         self.audio_advantage = audio_advantage
         self.ste_temperature = ste_temperature
         self.gumbel = gumbel
+        self.audio_topk = audio_topk
+        self.rho_audio = rho_audio
+        self.rho_video = rho_video
         super().__init__(**kwargs)
 
 
@@ -198,6 +220,35 @@ class OmniSIFTSelector(PreTrainedModel):
         residual = self.stvp(tokens.to(dtype), spatial.to(dtype), temporal.to(dtype)).float()
         return base.float() + residual
 
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+        """Load a selector folder (or an "org/name" Hub repo) written by `save_pretrained`, strictly.
+
+        Why strict: transformers' loader treats any folder as a starting point, so a model folder or a
+        selector config beside unrelated weights would load with random weights and only a log report.
+        Here a missing path raises FileNotFoundError naming it (no Hub round trip for local-looking paths),
+        a config.json of another model type and any missing or unexpected weight raise ValueError.
+        """
+        path = os.path.expanduser(os.fspath(pretrained_model_name_or_path))
+        want_info = kwargs.pop("output_loading_info", False)
+        if os.path.exists(path):
+            _check_selector_folder(path)
+        elif _looks_local(path):
+            raise FileNotFoundError(f"no OmniSIFT selector folder at {path!r}: no such directory")
+        try:
+            model, info = super().from_pretrained(path, *args, output_loading_info=True, **kwargs)
+        except OSError as e:
+            if os.path.exists(path):
+                raise
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FileNotFoundError(
+                f"no OmniSIFT selector at {path!r}: not a local folder, "
+                f"and the Hugging Face Hub did not provide it ({reason})"
+            ) from e
+        _check_loading_info(path, info)
+        return (model, info) if want_info else model
+
     # ------------------------------------------------------------------ published weights
     @classmethod
     def from_published(
@@ -206,7 +257,10 @@ class OmniSIFTSelector(PreTrainedModel):
         """Convert the published OmniSIFT-7B selector weights (keys under `thinker.compressor.`).
 
         `source` is a state dict, a `.safetensors` shard, or a folder of shards. The learned STVP residual
-        starts at zero (the published model's STVP is parameter-free) and no OmniZip prior is used.
+        starts at zero (the published model's STVP is parameter-free) and no OmniZip prior is used. The
+        selection follows the reference: audio top-k per 2 s chunk, and, when the compressor is given no
+        retention, its default prune ratios rho_audio 0.3 / rho_video 0.7 (any of these can be overridden
+        through `config_kwargs`).
         """
         tensors = _published_tensors(source)
         if not tensors:
@@ -216,12 +270,58 @@ class OmniSIFTSelector(PreTrainedModel):
             raise ValueError(f"{_describe(source)} has no {PUBLISHED_PREFIX}v_proj.weight")
         if hidden_size is not None and hidden_size != inferred:
             raise ValueError(f"the published selector has hidden size {inferred}, not {hidden_size}")
-        config = OmniSIFTConfig(hidden_size=inferred, init="random", audio_prior="none", **config_kwargs)
+        reference = dict(init="random", audio_prior="none", audio_topk="chunk", rho_audio=0.3, rho_video=0.7)
+        config = OmniSIFTConfig(hidden_size=inferred, **{**reference, **config_kwargs})
         model = cls(config)
         missing, unexpected = model.vgas.load_state_dict(tensors, strict=False)
         if missing or unexpected:
             raise ValueError(f"published selector does not match VGAS: missing {missing}, unexpected {unexpected}")
         return model
+
+
+def _looks_local(path: str) -> bool:
+    """Whether a path that does not exist was meant as a local folder rather than an "org/name" Hub id.
+
+    Local: absolute, starting with ".", not of the form "org/name" (a bare name, deeper paths,
+    backslashes), or "org/name" whose "org" is an existing local folder (e.g. "checkpoints/my-selector").
+    """
+    if os.path.isabs(path) or path.startswith(".") or not _HUB_ID.fullmatch(path):
+        return True
+    return os.path.isdir(path.split("/", 1)[0])
+
+
+def _check_selector_folder(path: str) -> None:
+    """Refuse, before loading, an existing path that cannot be a selector checkpoint, with the reason."""
+    if not os.path.isdir(path):
+        raise ValueError(f"{path!r} is a file, not an OmniSIFT selector folder (config.json + weights)")
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isfile(config_file):
+        raise ValueError(
+            f"{path!r} is not an OmniSIFT selector folder: it has no config.json "
+            "(published OmniSIFT-7B shards load with OmniSIFTSelector.from_published)"
+        )
+    try:
+        with open(config_file, encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"{config_file!r} is not a readable JSON config: {e}") from None
+    if model_type != OmniSIFTConfig.model_type:
+        raise ValueError(
+            f"{path!r} is not an OmniSIFT selector folder: its config.json has model_type {model_type!r}, "
+            f"not {OmniSIFTConfig.model_type!r} (is it a model folder?)"
+        )
+
+
+def _check_loading_info(path: str, info: Mapping[str, Any], shown: int = 4) -> None:
+    """Raise ValueError when the loaded weights do not cover the selector exactly (no random leftovers)."""
+    problems = []
+    for kind in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        keys = sorted(str(k) for k in info.get(kind) or ())
+        if keys:
+            more = f", ... ({len(keys)} in all)" if len(keys) > shown else ""
+            problems.append(f"{kind.split('_')[0]} {', '.join(keys[:shown])}{more}")
+    if problems:
+        raise ValueError(f"{path!r} does not hold OmniSIFT selector weights: {'; '.join(problems)}")
 
 
 def _published_tensors(source: str | os.PathLike | Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -345,6 +345,11 @@ def omni_inputs(
     (``input_ids``, ``attention_mask``, ``pixel_values_videos``, ``video_grid_thw``,
     ``video_second_per_grid`` and, with audio, ``input_features``, ``feature_attention_mask``) plus
     ``use_audio_in_video`` so that ``model(**inputs)`` / ``model.generate(**inputs)`` work directly.
+
+    Audio longer than the feature extractor's cap (300 s) is cut there while the video goes on: that
+    warns (once per call) and is recorded as the attribute ``inputs.truncated_audio_s`` (seconds cut per
+    clip, 0.0 where nothing was cut). It is an attribute, not a key, so ``model(**inputs)`` never sees it;
+    it survives ``.to(device)`` but not pickling.
     """
     if not isinstance(clips, (list, tuple)):
         clips = [clips]
@@ -371,7 +376,7 @@ def omni_inputs(
         if use_audio_in_video and c.sample_rate != 16000:
             raise ValueError(f"clip {i}: audio must be 16 kHz, got {c.sample_rate}")
 
-    from sift.processing import audio_kwargs, video_size
+    from sift.processing import audio_kwargs, truncated_audio, video_size
 
     tok = processor.tokenizer
     texts = [
@@ -403,4 +408,5 @@ def omni_inputs(
         )
     inputs = processor(**kwargs)
     inputs["use_audio_in_video"] = use_audio_in_video
+    inputs.truncated_audio_s = truncated_audio(processor, audio) if use_audio_in_video else [0.0] * len(clips)
     return inputs

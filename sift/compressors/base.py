@@ -10,6 +10,7 @@ re-padding, positions, labels, KV cache.
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,7 +20,42 @@ from torch.utils.hooks import RemovableHandle
 from sift.budget import keep_count
 from sift.layout import TokenLayout
 
-__all__ = ["Compressor", "CompressionBatch", "Selection", "keep_count"]
+__all__ = ["Compressor", "CompressionBatch", "Selection", "keep_count", "as_retention", "check_prune_ratios"]
+
+
+def as_retention(value: Any, name: str = "compressor") -> float:
+    """`value` as a float retention in (0, 1]; numpy/torch scalars and 0-d arrays are accepted, bools are not.
+
+    Why: retentions come from configs, argparse, numpy grids (`np.linspace`) and tensors alike; only the
+    value matters, but a bool or a string is always a caller's mistake.
+    """
+    raw = value
+    if getattr(value, "ndim", None) == 0 and callable(getattr(value, "item", None)):
+        value = value.item()  # numpy 0-d array / torch scalar tensor
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: retention must be a number in (0, 1], got {raw!r}")
+    value = float(value)
+    if math.isnan(value) or not 0.0 < value <= 1.0:
+        raise ValueError(
+            f"{name}: retention is the fraction of audio+video tokens kept and must be in (0, 1], got {value}"
+        )
+    return value
+
+
+def check_prune_ratios(name: str, retention: Any, rho_audio: float | None, rho_video: float | None) -> None:
+    """Methods that also take the papers' prune ratios (fraction DROPPED per modality) instead of `retention`.
+
+    Why one rule: a budget given twice, or half of a ratio pair, is always a caller's mistake.
+    """
+    if (rho_audio is None) != (rho_video is None):
+        raise ValueError(f"{name}: give both rho_audio and rho_video, or neither (then retention sets the budget)")
+    if rho_audio is None:
+        return
+    if retention is not None:
+        raise ValueError(f"{name}: give either retention or rho_audio/rho_video, not both")
+    for key, value in (("rho_audio", rho_audio), ("rho_video", rho_video)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+            raise ValueError(f"{name}: {key} is a prune ratio in [0, 1), got {value!r}")
 
 
 @dataclass
@@ -57,20 +93,32 @@ class Compressor:
 
     Subclasses are dataclasses registered with `sift.compressors.register`; they implement `select`
     and, when they need side signals, `attach`.
+
+    `retention` has no default on purpose: a method built without one would otherwise keep every token
+    and look like it compresses. Methods where a missing retention is meaningful say so: `none` sets
+    `default_retention = 1.0`, OmniZip takes `rho_audio`/`rho_video` instead (`needs_retention`).
     """
 
     name: ClassVar[str] = "base"
-    retention: float = 1.0
+    #: the retention used when none is given; None: the caller must give one
+    default_retention: ClassVar[float | None] = None
+    retention: float | None = None
 
     def __post_init__(self) -> None:
-        if isinstance(self.retention, bool) or not isinstance(self.retention, (int, float)):
-            raise TypeError(f"{self.name}: retention must be a number in (0, 1], got {self.retention!r}")
-        if not (0.0 < float(self.retention) <= 1.0) or math.isnan(self.retention):
-            raise ValueError(
-                f"{self.name}: retention is the fraction of audio+video tokens kept and must be in (0, 1], "
-                f"got {self.retention}"
-            )
-        self.retention = float(self.retention)
+        if self.retention is None:
+            if not self.needs_retention():
+                return
+            if self.default_retention is None:
+                raise TypeError(
+                    f"{self.name} needs retention=... (the fraction of audio+video tokens kept, in (0, 1], "
+                    f"e.g. retention=0.35); it has no default"
+                )
+            self.retention = self.default_retention
+        self.retention = as_retention(self.retention, self.name)
+
+    def needs_retention(self) -> bool:
+        """False when the method's own options already define the budget (then `retention` stays None)."""
+        return True
 
     def select(self, batch: CompressionBatch) -> Selection:
         raise NotImplementedError

@@ -27,9 +27,9 @@ Differences from the reference code, all deliberate:
   to their size (`allocate`, at least one token per frame while the budget allows). When the budget is
   smaller than the reference frames alone, only reference frames keep tokens, split by `allocate` in
   proportion to their size, each keeping its most spatially distinctive tokens (`spatial_saliency`).
-- Pass 1 of the reference picks frame i+1's tokens with the similarities of the *previous* pair
-  (`similarities[(i - 2) // 2]`, the last pair's for the first one), an off-by-one; here each frame uses
-  its own similarities (as in later ports of DyCoke).
+- Not a difference: pass 1 picks frame i+1's tokens with its own pair's similarities
+  (`similarities[i // 2]`), as the reference's HEAD does (only its first commit indexed the previous
+  pair, `[(i - 2) // 2]`).
 - The reference leaves the last group's frame 2 whole (`range(0, num_frames - 4, 4)` skips it) and
   drops a trailing odd frame entirely; here every group, including a trailing partial one, follows the
   same rule.

@@ -15,6 +15,7 @@ __all__ = ["NoCompression"]
 @dataclass
 class NoCompression(Compressor):
     name: ClassVar[str] = "none"
+    default_retention: ClassVar[float | None] = 1.0  # the control keeps everything, so no retention is needed
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,11 +1,18 @@
 """`omnisift`: the learned OmniSIFT selector (learnable STVP, then VGAS) as a compressor.
 
 Video first: each frame keeps its top tokens by STVP saliency plus the learned residual. Then audio: VGAS
-scores each window's audio tokens against the window's KEPT video tokens, and each audio clip keeps its
-top tokens (OmniZip's clip-level allocation). In training mode (the selector in `.train()` and grad
-enabled) both top-k's are straight-through: the kept embeddings are multiplied by a gate whose value is
-exactly 1 and whose gradient flows through the soft scores, so the LM loss trains the selector while the
-decoder sees the same tokens as at inference.
+scores each window's audio tokens against the window's KEPT video tokens, and keeps the top ones either
+per audio clip (`audio_topk="clip"`, OmniZip's clip-level allocation, sift's default for the selectors it
+trains) or per 2 s window (`audio_topk="chunk"`, the published OmniSIFT's rule).
+
+The budget is either `retention` (exact over the row, split between audio and video by the selector's
+`audio_advantage`) or the reference's prune ratios: each frame keeps `n - int(n * rho_video)` tokens and
+each window `n - int(n * rho_audio)` audio tokens. A selector converted with `from_published` carries
+the reference's rule and ratios (chunk, 0.3 / 0.7), used when neither is given.
+
+In training mode (the selector in `.train()` and grad enabled) both top-k's are straight-through: the kept
+embeddings are multiplied by a gate whose value is exactly 1 and whose gradient flows through the soft
+scores, so the LM loss trains the selector while the decoder sees the same tokens as at inference.
 """
 
 from __future__ import annotations
@@ -13,15 +20,15 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch.utils.hooks import RemovableHandle
 
 from sift.budget import allocate, split_row
-from sift.compressors.base import CompressionBatch, Compressor, Selection
+from sift.compressors.base import CompressionBatch, Compressor, Selection, check_prune_ratios
 from sift.compressors.registry import register
-from sift.compressors.stvp import _aligned, spatial_saliency, temporal_saliency, video_frame_budgets
+from sift.compressors.stvp import _aligned, audio_window_budgets, spatial_saliency, temporal_saliency, video_frame_budgets
 from sift.layout import RowLayout, Segment
 from sift.selector import OmniSIFTSelector, soft_topk_gate
 
@@ -32,17 +39,45 @@ __all__ = ["OmniSIFT"]
 @dataclass
 class OmniSIFT(Compressor):
     """OmniSIFT selection. `selector`: an `OmniSIFTSelector`, a checkpoint folder, or None for a fresh
-    `init="omnizip"` selector sized from the model when `sift.compress` attaches it."""
+    `init="omnizip"` selector sized from the model when `sift.compress` attaches it.
+
+    A folder is loaded strictly (`OmniSIFTSelector.from_pretrained`): a missing one raises
+    FileNotFoundError naming it, a folder that is not a selector's `save_pretrained` output ValueError."""
 
     name: ClassVar[str] = "omnisift"
     selector: OmniSIFTSelector | str | os.PathLike | None = None
+    rho_audio: float | None = None
+    rho_video: float | None = None
+    audio_topk: Literal["clip", "chunk"] | None = None  # None: the selector config's rule
 
     def __post_init__(self) -> None:
-        super().__post_init__()
         if isinstance(self.selector, (str, os.PathLike)):
             self.selector = OmniSIFTSelector.from_pretrained(os.fspath(self.selector))
         elif self.selector is not None and not isinstance(self.selector, OmniSIFTSelector):
             raise TypeError(f"omnisift: selector must be an OmniSIFTSelector or a checkpoint folder, got {type(self.selector).__name__}")
+        check_prune_ratios(self.name, self.retention, self.rho_audio, self.rho_video)
+        if self.audio_topk not in (None, "clip", "chunk"):
+            raise ValueError(f"omnisift: audio_topk must be 'clip' or 'chunk', got {self.audio_topk!r}")
+        super().__post_init__()
+
+    def needs_retention(self) -> bool:
+        """Prune ratios, given or carried by the selector (published OmniSIFT), define the budget on their own."""
+        return self.ratios() is None
+
+    def ratios(self) -> tuple[float, float] | None:
+        """(rho_audio, rho_video) in force when no retention is given, else None."""
+        if self.rho_audio is not None:
+            return self.rho_audio, self.rho_video
+        cfg = getattr(self.selector, "config", None)
+        if self.retention is None and cfg is not None and cfg.rho_audio is not None:
+            return cfg.rho_audio, cfg.rho_video
+        return None
+
+    @property
+    def audio_rule(self) -> str:
+        if self.audio_topk is not None:
+            return self.audio_topk
+        return self.selector.config.audio_topk if self.selector is not None else "clip"
 
     def attach(self, thinker: torch.nn.Module, signals: dict[str, Any]) -> list[RemovableHandle]:
         hidden = thinker.config.get_text_config().hidden_size
@@ -74,24 +109,43 @@ class OmniSIFT(Compressor):
             for b, row in enumerate(batch.layout.rows):
                 if row.num_tokens == 0:
                     continue
-                keep_a, keep_v = split_row(row, self.retention, self.selector.config.audio_advantage)
-                kept_video = self._video(batch, b, row, keep_v, keep, gate, scores, training)
-                self._audio(batch, b, row, keep_a, kept_video, keep, gate, scores, training)
+                frame_budgets, audio_budgets = self._budgets(row)
+                kept_video = self._video(batch, b, row, frame_budgets, keep, gate, scores, training)
+                self._audio(batch, b, row, audio_budgets, kept_video, keep, gate, scores, training)
         embeds = None
         if training:
             embeds = batch.embeds * gate[..., None].to(batch.embeds.dtype)
         return Selection(keep=keep, embeds=embeds, scores=scores)
 
+    def _budgets(self, row: RowLayout) -> tuple[list[list[int]], list[list[int]]]:
+        """Keep counts per (window, frame) and per (audio clip, window): from the ratios or from `retention`."""
+        ratios = self.ratios()
+        clips = [s for s in row.segments if s.audio_item >= 0]
+        if ratios is not None:
+            rho_a, rho_v = ratios
+            frames = [[f.num_tokens - int(f.num_tokens * rho_v) for f in w.frames] for w in row.windows]
+            per_window = [[w.num_audio - int(w.num_audio * rho_a) for w in s.windows] for s in clips]
+            if self.audio_rule == "chunk":
+                return frames, per_window
+            return frames, [[sum(k)] for k in per_window]
+        keep_a, keep_v = split_row(row, self.retention, self.selector.config.audio_advantage)
+        frames = video_frame_budgets(row.windows, keep_v)
+        sizes = [sum(w.num_audio for w in s.windows) for s in clips]
+        per_clip = allocate(keep_a, sizes, sizes)
+        if self.audio_rule == "chunk":
+            return frames, [audio_window_budgets(s.windows, k) for s, k in zip(clips, per_clip)]
+        return frames, [[k] for k in per_clip]
+
     def _gate(self, scores: torch.Tensor, k: int, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.selector.config
         return soft_topk_gate(scores, k, cfg.ste_temperature, gumbel=cfg.gumbel and training)
 
-    def _video(self, batch, b, row: RowLayout, keep_v, keep, gate, scores, training) -> dict[int, torch.Tensor]:
+    def _video(self, batch, b, row: RowLayout, frame_budgets, keep, gate, scores, training) -> dict[int, torch.Tensor]:
         """Select video per frame; returns the kept video positions of each window (by window id)."""
         emb = batch.embeds[b]
         dev = emb.device
         kept: dict[int, torch.Tensor] = {}
-        for w, budgets in zip(row.windows, video_frame_budgets(row.windows, keep_v)):
+        for w, budgets in zip(row.windows, frame_budgets):
             previous = None
             parts = []
             for frame, k in zip(w.frames, budgets):
@@ -115,16 +169,22 @@ class OmniSIFT(Compressor):
             kept[id(w)] = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long, device=dev)
         return kept
 
-    def _audio(self, batch, b, row: RowLayout, keep_a, kept_video, keep, gate, scores, training) -> None:
+    def _audio(self, batch, b, row: RowLayout, audio_budgets, kept_video, keep, gate, scores, training) -> None:
+        """Top-k of each clip's VGAS logits, over the clip (one budget) or per window (one budget each)."""
         segments = [s for s in row.segments if s.audio_item >= 0]
-        sizes = [sum(w.num_audio for w in s.windows) for s in segments]
-        for segment, k_seg in zip(segments, allocate(keep_a, sizes, sizes)):
+        for segment, budgets in zip(segments, audio_budgets):
             positions, logits = self._clip_logits(batch, b, segment, kept_video)
-            hard, g = self._gate(logits, k_seg, training)
-            keep[b, positions[hard]] = True
-            scores[b, positions] = logits.detach()
-            if gate is not None:
-                gate[b, positions] = g
+            if len(budgets) == 1:
+                sizes = [positions.numel()]
+            else:  # per window: _clip_logits concatenates the windows that hold audio, in order
+                pairs = [(w.num_audio, k) for w, k in zip(segment.windows, budgets) if w.num_audio]
+                sizes, budgets = [n for n, _ in pairs], [k for _, k in pairs]
+            for pos, lg, k in zip(positions.split(sizes), logits.split(sizes), budgets):
+                hard, g = self._gate(lg, k, training)
+                keep[b, pos[hard]] = True
+                scores[b, pos] = lg.detach()
+                if gate is not None:
+                    gate[b, pos] = g
 
     def _clip_logits(self, batch, b, segment: Segment, kept_video) -> tuple[torch.Tensor, torch.Tensor]:
         """VGAS logits of one audio clip's tokens, windows batched with padding."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
 from sift.budget import allocate, keep_count, normalize_ratios, split_row
-from sift.compressors.base import CompressionBatch, Compressor, Selection
+from sift.compressors.base import CompressionBatch, Compressor, Selection, check_prune_ratios
 from sift.compressors.registry import register
 from sift.compressors.stvp import _aligned, temporal_saliency, top_positions
 from sift.layout import RowLayout, Segment
@@ -84,7 +84,8 @@ def merge_weights(scores: torch.Tensor) -> torch.Tensor:
 @register("omnizip")
 @dataclass
 class OmniZip(Compressor):
-    """OmniZip. Budget from `retention` (presets' audio/video balance) or from explicit `rho_audio`/`rho_video`."""
+    """OmniZip. Budget from `retention` (presets' audio/video balance) or from explicit `rho_audio`/`rho_video`
+    (then `retention` is None); one of the two is required."""
 
     name: ClassVar[str] = "omnizip"
     rho_audio: float | None = None
@@ -97,20 +98,17 @@ class OmniZip(Compressor):
     merge: bool = True
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if (self.rho_audio is None) != (self.rho_video is None):
-            raise ValueError("omnizip: give both rho_audio and rho_video, or neither (then retention sets them)")
-        if self.rho_audio is not None:
-            if self.retention != 1.0:
-                raise ValueError("omnizip: give either retention or rho_audio/rho_video, not both")
-            for name in ("rho_audio", "rho_video"):
-                v = getattr(self, name)
-                if not 0.0 <= v < 1.0:
-                    raise ValueError(f"omnizip: {name} is a prune ratio in [0, 1), got {v}")
+        """Options first, then the budget: a missing retention is only an error without rho_audio/rho_video."""
+        check_prune_ratios(self.name, self.retention, self.rho_audio, self.rho_video)
         if not 0.0 <= self.rho_min <= self.rho_max <= 1.0:
             raise ValueError(f"omnizip: need 0 <= rho_min <= rho_max <= 1, got {self.rho_min}, {self.rho_max}")
         if not 0.0 <= self.contextual_ratio < 1.0 or self.g < 0 or self.k < 1:
             raise ValueError("omnizip: contextual_ratio must be in [0, 1), g >= 0 and k >= 1")
+        super().__post_init__()
+
+    def needs_retention(self) -> bool:
+        """rho_audio/rho_video define the budget on their own (the paper's presets); retention then stays None."""
+        return self.rho_audio is None
 
     @classmethod
     def preset(cls, label: str, **kwargs: Any) -> "OmniZip":

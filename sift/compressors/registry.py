@@ -26,12 +26,14 @@ def available_compressors() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_compressor(name: str, retention: float = 1.0, **kwargs: Any):
+def get_compressor(name: str, retention: float | None = None, **kwargs: Any):
     """Build a registered compressor.
 
     Args:
         name: one of `available_compressors()`.
-        retention: fraction of audio+video tokens kept, in (0, 1].
+        retention: fraction of audio+video tokens kept, in (0, 1]. Required by every method except
+            `none` (always 1.0) and `omnizip` given `rho_audio`/`rho_video`: a silent default of 1.0
+            would keep everything and look like compression.
         **kwargs: method-specific options (e.g. `seed` for `random`).
     """
     if name not in _REGISTRY:
@@ -40,4 +42,7 @@ def get_compressor(name: str, retention: float = 1.0, **kwargs: Any):
     try:
         return cls(retention=retention, **kwargs)
     except TypeError as e:
-        raise TypeError(f"{name}: {e}") from None
+        message = str(e)
+        if message.startswith(f"{name}:") or message.startswith(f"{name} "):
+            raise  # the compressor already named itself
+        raise TypeError(f"{name}: {message}") from None
