@@ -7,6 +7,7 @@ features on the audio's own frames, so the speed-up cannot change what the model
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -157,7 +158,10 @@ def test_audio_kwargs_lengths_and_cap(processor):
     assert audio_kwargs(processor, [z(5 * SR), z(95 * SR), z(SR)]) == {"max_length": 120 * SR}
     assert audio_kwargs(processor, [z(10 * SR)], step_seconds=10) == {"max_length": 20 * SR}
     for seconds in (299, 300, 400):
-        ak = audio_kwargs(processor, [z(seconds * SR)])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ak = audio_kwargs(processor, [z(seconds * SR)])
+        assert any("300" in str(w.message) for w in caught) == (seconds > 300)  # only a cut warns
         assert ak["max_length"] <= cap
         assert ak == {"max_length": cap}
 
