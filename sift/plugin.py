@@ -17,6 +17,7 @@ back to the input positions.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 import warnings
@@ -30,10 +31,14 @@ from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniThinker
 from sift import hf_internals as hf
 from sift.compressors import CompressionBatch, Compressor, Selection, get_compressor
 from sift.layout import LAYOUT_KEYS, TokenLayout, layout_of
+from sift.masked_attention import key_gates
 
-__all__ = ["compress", "CompressionSession", "CompressionStats", "SUPPORTED_MODELS"]
+__all__ = ["compress", "CompressionSession", "CompressionStats", "SUPPORTED_MODELS", "MODES"]
 
 SUPPORTED_MODELS = (Qwen2_5OmniThinkerForConditionalGeneration, Qwen2_5OmniForConditionalGeneration)
+#: "shrink": dropped tokens leave the sequence (inference, and the default); "mask": the full sequence runs
+#: and dropped tokens are masked out of every attention layer with straight-through gates (training).
+MODES = ("shrink", "mask")
 
 
 @dataclass
@@ -92,7 +97,9 @@ class _CacheState:
 class CompressionSession:
     """Context manager returned by `sift.compress`; holds the hooks and the per-call statistics."""
 
-    def __init__(self, model: torch.nn.Module, compressor: Compressor):
+    def __init__(self, model: torch.nn.Module, compressor: Compressor, mode: str = "shrink"):
+        if mode not in MODES:
+            raise ValueError(f"sift.compress: mode must be one of {MODES}, got {mode!r}")
         if not isinstance(model, SUPPORTED_MODELS):
             names = ", ".join(c.__name__ for c in SUPPORTED_MODELS)
             raise TypeError(f"sift.compress supports {names}; got {type(model).__name__}")
@@ -101,6 +108,8 @@ class CompressionSession:
         self.model = model
         self.thinker = model.thinker if isinstance(model, Qwen2_5OmniForConditionalGeneration) else model
         self.compressor = compressor
+        self.mode = mode
+        self._gates = contextlib.ExitStack()  # the masked-attention gates of the language-model call in flight
         self.stats: CompressionStats | None = None
         self.history: list[CompressionStats] = []
         self.signals: dict[str, Any] = {}
@@ -118,6 +127,7 @@ class CompressionSession:
             self._handles = [
                 thinker.register_forward_pre_hook(self._before_thinker, with_kwargs=True),
                 hf.language_model(thinker).register_forward_pre_hook(self._before_language_model, with_kwargs=True),
+                hf.language_model(thinker).register_forward_hook(self._after_language_model, always_call=True),
                 thinker.register_forward_hook(self._after_thinker, with_kwargs=True),
             ]
             self._handles += self.compressor.attach(thinker, self.signals)
@@ -132,6 +142,8 @@ class CompressionSession:
             def generate_with_layout(*args: Any, **kwargs: Any) -> Any:
                 # generate() encodes images/videos up front and drops their grids (and an all-ones mask)
                 # before the prefill forward: keep what the layout needs for the duration of the call.
+                if session.mode == "mask":
+                    raise RuntimeError('sift.compress(mode="mask") is for training forwards; generate in the default mode')
                 session._generate_inputs = {k: kwargs.get(k) for k in LAYOUT_KEYS}
                 session.signals.clear()
                 try:
@@ -158,6 +170,7 @@ class CompressionSession:
             self.thinker.__dict__.pop(name, None)
         self.thinker.__dict__.pop("_sift_session", None)
         self._prefill = None
+        self._gates.close()
 
     # ------------------------------------------------------------------ hooks
     def _before_thinker(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -193,6 +206,8 @@ class CompressionSession:
             # A plain forward: its encoders run after this hook, so start from clean side signals. (Inside
             # generate(), images/videos were encoded before this call and the signals were reset earlier.)
             self.signals.clear()
+        if self.mode == "mask":
+            kwargs["use_cache"] = False  # a cache would hold the masked tokens: nothing may continue from it
         loss_keys = ("num_items_in_batch", "ignore_index")
         self._prefill = _Prefill(
             layout=layout,
@@ -231,7 +246,11 @@ class CompressionSession:
         valid = mask.bool()
         keep = selection.keep & valid
         p.rope_deltas = hf.rope_deltas(pos3, valid)
-        if bool((keep == valid).all()):
+        if self.mode == "mask":
+            self._gates.enter_context(key_gates(module.config, self._key_gate(selection, keep, valid)))
+        elif selection.gate is not None:
+            embeds = embeds * selection.gate[..., None].to(embeds.dtype)  # 1 on kept tokens, gradient to their scores
+        if self.mode == "mask" or bool((keep == valid).all()):
             slots = torch.nonzero(valid, as_tuple=True)
             p.slots = (slots[0], slots[1], slots[1])
             p.kept_mask = mask
@@ -242,19 +261,20 @@ class CompressionSession:
             kwargs["inputs_embeds"] = self._apply_updates(kwargs["inputs_embeds"], selection.updates, keep, p)
         if embeds.is_cuda:
             torch.cuda.synchronize(embeds.device)
-        elapsed = time.perf_counter() - start
-        audio, video = p.layout.audio_mask(embeds.device), p.layout.video_mask(embeds.device)
-        p.stats = CompressionStats(
-            audio_before=(audio & valid).sum(1).tolist(),
-            audio_after=(audio & keep).sum(1).tolist(),
-            video_before=(video & valid).sum(1).tolist(),
-            video_after=(video & keep).sum(1).tolist(),
-            tokens_before=valid.sum(1).tolist(),
-            tokens_after=keep.sum(1).tolist(),
-            selection_time_s=elapsed,
-            kept_positions=[torch.nonzero(keep[b]).squeeze(1).cpu() for b in range(keep.shape[0])],
-        )
+        p.stats = _stats(p.layout, valid, keep, time.perf_counter() - start)
         return args, kwargs
+
+    def _key_gate(self, selection: Selection, keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, L) attention-key gates for mask mode: the selection's straight-through gates, or the hard mask."""
+        if selection.gate is None:
+            return keep.float()
+        gate = selection.gate * valid
+        if not bool((gate.detach() == keep.float()).all()):
+            raise RuntimeError(f"{self.compressor.name}: Selection.gate must equal the keep mask in value (1. kept, 0. dropped)")
+        return gate
+
+    def _after_language_model(self, module: torch.nn.Module, args: tuple, output: Any) -> None:
+        self._gates.close()
 
     def _after_thinker(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
         p, self._prefill = self._prefill, None
@@ -263,7 +283,7 @@ class CompressionSession:
         self.stats = p.stats
         self.history.append(p.stats)
         cache = hf.cache_out(output)
-        if cache is not None and p.kept_mask is not None:
+        if cache is not None and p.kept_mask is not None and self.mode == "shrink":
             # Stored on the cache itself so copies (copy.deepcopy for branching) carry it along.
             cache._sift_state = _CacheState(
                 full_len=p.full_mask.shape[1], full_mask=p.full_mask, kept_mask=p.kept_mask, rope_deltas=p.rope_deltas
@@ -390,8 +410,27 @@ def _media_ids(config: Any) -> list[int]:
     return [config.audio_token_id, config.video_token_id, config.image_token_id]
 
 
+def _stats(layout: TokenLayout, valid: torch.Tensor, keep: torch.Tensor, elapsed: float) -> CompressionStats:
+    audio, video = layout.audio_mask(keep.device), layout.video_mask(keep.device)
+    return CompressionStats(
+        audio_before=(audio & valid).sum(1).tolist(),
+        audio_after=(audio & keep).sum(1).tolist(),
+        video_before=(video & valid).sum(1).tolist(),
+        video_after=(video & keep).sum(1).tolist(),
+        tokens_before=valid.sum(1).tolist(),
+        tokens_after=keep.sum(1).tolist(),
+        selection_time_s=elapsed,
+        kept_positions=[torch.nonzero(keep[b]).squeeze(1).cpu() for b in range(keep.shape[0])],
+    )
+
+
 def compress(
-    model: torch.nn.Module, compressor: Compressor | str, retention: float | None = None, **kwargs: Any
+    model: torch.nn.Module,
+    compressor: Compressor | str,
+    retention: float | None = None,
+    *,
+    mode: str = "shrink",
+    **kwargs: Any,
 ) -> CompressionSession:
     """Compress the audio/video tokens a Qwen2.5-Omni model sees, inside a `with` block.
 
@@ -401,9 +440,11 @@ def compress(
 
     `compressor` may also be a registered name, with `retention` and method options as keywords; the name
     follows `get_compressor`'s rule (a retention is required except for `none` and OmniZip's rho options).
+    `mode="mask"` trains a selector with a gradient for every media token (`sift.masked_attention`): the
+    full sequence runs, dropped tokens are masked out of attention, logits cover every input position.
     """
     if isinstance(compressor, str):
         compressor = get_compressor(compressor, retention=retention, **kwargs)
     elif retention is not None or kwargs:
         raise TypeError("retention and method options go to get_compressor, not to compress, for a built compressor")
-    return CompressionSession(model, compressor)
+    return CompressionSession(model, compressor, mode=mode)

@@ -85,6 +85,10 @@ class Selection:
     # Sparse rewrite of a few KEPT tokens, (rows (n,), positions (n,), values (n, D)): cheaper than a
     # full `embeds` copy when only some tokens change (e.g. merged anchors). Applied after `embeds`.
     updates: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    # (B, L) float straight-through keep gates of a trainable selector: value exactly `keep` (1. / 0.),
+    # gradient through its soft scores. The plug-in applies them: by default to the kept embeddings
+    # (gradient reaches kept tokens only); with `mode="mask"` to every attention key (all tokens).
+    gate: torch.Tensor | None = None
 
 
 @dataclass

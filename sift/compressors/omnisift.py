@@ -10,9 +10,12 @@ The budget is either `retention` (exact over the row, split between audio and vi
 each window `n - int(n * rho_audio)` audio tokens. A selector converted with `from_published` carries
 the reference's rule and ratios (chunk, 0.3 / 0.7), used when neither is given.
 
-In training mode (the selector in `.train()` and grad enabled) both top-k's are straight-through: the kept
-embeddings are multiplied by a gate whose value is exactly 1 and whose gradient flows through the soft
-scores, so the LM loss trains the selector while the decoder sees the same tokens as at inference.
+In training mode (the selector in `.train()` and grad enabled) both top-k's are straight-through: the
+selection carries gates whose value is exactly the keep decision and whose gradient flows through the
+soft scores. The plug-in multiplies the kept embeddings by them (the published method's signal: kept tokens
+only) or, with `sift.compress(..., mode="mask")`, every attention key (`sift.masked_attention`: dropped
+tokens get gradient too), so the LM loss trains the selector while the decoder computes what it computes
+at inference.
 """
 
 from __future__ import annotations
@@ -112,10 +115,7 @@ class OmniSIFT(Compressor):
                 frame_budgets, audio_budgets = self._budgets(row)
                 kept_video = self._video(batch, b, row, frame_budgets, keep, gate, scores, training)
                 self._audio(batch, b, row, audio_budgets, kept_video, keep, gate, scores, training)
-        embeds = None
-        if training:
-            embeds = batch.embeds * gate[..., None].to(batch.embeds.dtype)
-        return Selection(keep=keep, embeds=embeds, scores=scores)
+        return Selection(keep=keep, scores=scores, gate=gate)
 
     def _budgets(self, row: RowLayout) -> tuple[list[list[int]], list[list[int]]]:
         """Keep counts per (window, frame) and per (audio clip, window): from the ratios or from `retention`."""
