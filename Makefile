@@ -38,7 +38,7 @@ demo-eval: $(STAMP)
 	$(PY) -m sift synthav $(DEMO)/synthav --test $(DEMO_TEST_CLIPS)
 	$(PY) -m sift eval --manifest $(DEMO)/synthav/test.jsonl --model checkpoints/tiny-omni \
 		--selector $(SELECTOR) --methods none random omnizip stvp dycoke omniselect omnisift \
-		--retentions 0.25 0.35 --max-new-tokens 2 --out $(DEMO)/eval
+		--retentions 0.25 0.35 --max-new-tokens 2 --out $(DEMO)/eval --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

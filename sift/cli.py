@@ -4,16 +4,23 @@
 - `sift synthav`: generate the SynthAV benchmark (mp4 clips + question manifests).
 - `sift eval`: multiple-choice accuracy on an audio-visual manifest, every method x retention in one run.
 - `sift bench`: encoder / selection / prefill / first-token / decode time, memory and FLOPs per method.
+
+Expected errors (bad options, missing files, bad manifests) print one `sift <command>: error: ...` line and
+exit 2 (usage) or 1 (anything else); Ctrl-C exits 130. Set SIFT_DEBUG=1 to get the full traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-__all__ = ["main"]
+__all__ = ["main", "run_command", "DEBUG_ENV"]
+
+#: Environment variable that turns the one-line error messages back into tracebacks.
+DEBUG_ENV = "SIFT_DEBUG"
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -156,10 +163,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.command_line = "sift " + " ".join(argv)
+    return run_command(f"sift {args.command}", lambda: args.func(args))
+
+
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    text = lines[0] if lines else type(e).__name__
+    return text + (" [...]" if len(lines) > 1 else "")
+
+
+def run_command(prog: str, command: Callable[[], int]) -> int:
+    """Run a command line's work; an expected error ends it with one ``prog: error: ...`` line, not a traceback.
+
+    Expected: ``UsageError`` (exit 2), ``EvalError``, ``ValueError`` (bad manifests, values) and ``OSError``
+    (missing files, unreadable checkpoints) (exit 1), ``KeyboardInterrupt`` (exit 130). Anything else is
+    a bug and keeps its traceback, and so does everything with ``SIFT_DEBUG=1``. Exits via ``SystemExit``.
+    Also used by ``python -m train``.
+    """
+    from sift.evaluate import EvalError, UsageError
+    from sift.manifest import ManifestError
+
     try:
-        return args.func(args)
-    except evaluate.UsageError as e:
-        parser.exit(2, f"sift {args.command}: error: {e}\n")
+        return command()
+    except KeyboardInterrupt:
+        if _debug():
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (EvalError, ValueError, OSError) as e:
+        if _debug():
+            raise
+        ours = isinstance(e, (UsageError, EvalError, ManifestError, FileNotFoundError))
+        hint = "" if ours else f" ({type(e).__name__}; {DEBUG_ENV}=1 shows the traceback)"
+        print(f"{prog}: error: {_one_line(e)}{hint}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(e, UsageError) else 1) from None
 
 
 if __name__ == "__main__":

@@ -11,12 +11,28 @@ with; no letter counts as wrong). Accuracy is torchmetrics' micro-averaged multi
 extra class for "no letter"), overall and per category (plain mean of the same 0/1 outcomes when
 torchmetrics is not installed).
 
-Samples whose video is missing, undecodable, or has no audio track (audio is always used) are skipped
-and counted, with the reason, like the training data module does.
+Nothing is lost to one bad input:
+
+- Bad manifest records (unparsable line, missing key, bad options or answer, duplicate id) are skipped,
+  logged and listed with their line and reason under ``skipped_records``; ``--strict`` refuses the
+  manifest at the first one instead. A manifest with no usable record is an error (exit 2).
+- Samples whose video is missing, undecodable, or has no audio track (audio is always used) are skipped
+  and counted, with the reason, like the training data module does.
+- An answer whose generation raises is recorded as failed with its error (``failed``, ``failures``) and
+  the run goes on; accuracy is over the answers produced. A run with no answer at all is an error (exit 1).
+- Every answer is appended to ``<out>/<prefix>answers.jsonl`` (first line: the run's settings) and
+  flushed as it is produced, so an interrupted run keeps what it finished. ``--resume`` continues it:
+  answers already there are not redone (failed ones are retried), then the results are written from
+  everything on disk. It is refused when the folder's run used other settings (manifest, schema, video
+  root, model, processor, selector, dtype, attention, methods, retentions, fps, frame size, frames, new
+  tokens, system prompt, seed); ``--limit`` may change, to extend a run. Without ``--resume`` a folder
+  that already holds answers is refused (a forgotten ``--resume`` must not discard hours of answers);
+  ``--overwrite`` starts over.
 
 Writes ``<out>/<prefix>results.json`` (settings, counts, accuracy per method x retention and per category,
-achieved retention, every prediction), ``results.md`` (the tables) and ``accuracy.png`` (accuracy vs retention,
-one line per method, the full-token accuracy as a horizontal line).
+achieved retention, every prediction, failures, skipped samples and records), ``results.md`` (the tables)
+and ``accuracy.png`` (accuracy vs retention, one line per method, the full-token accuracy as a horizontal
+line). Expected errors print one line (``SIFT_DEBUG=1`` shows the traceback).
 """
 
 from __future__ import annotations
@@ -27,26 +43,33 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
 
-__all__ = ["run_eval", "eval_options", "add_arguments", "accuracy", "UsageError", "main"]
+__all__ = ["run_eval", "eval_options", "add_arguments", "accuracy", "UsageError", "EvalError", "AnswerLog", "run_settings", "main"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RETENTIONS = (0.25, 0.35)
 UNCATEGORIZED = "(none)"
+ANSWERS_FILE = "answers.jsonl"
+ANSWERS_FORMAT = 1
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+Key = tuple[str, str, float]  # (sample id, method, retention): one answer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--manifest", required=True, help="JSON / JSONL manifest (generic, dailyomni or worldsense records)")
     p.add_argument("--schema", default="auto", help="auto, generic, dailyomni or worldsense")
     p.add_argument("--video-root", help="folder relative video paths / ids resolve against (default: the manifest's)")
+    p.add_argument("--strict", action="store_true",
+                   help="refuse the manifest at its first bad record (default: skip bad records and list them, "
+                   "with their line, under skipped_records)")
     p.add_argument("--model", default="tiny", help="'tiny' (sift.tiny, random weights) or a thinker checkpoint folder")
     p.add_argument("--processor", help="'tiny' or a processor folder (default: 'tiny' for the tiny model, else --model)")
     p.add_argument("--methods", nargs="+",
@@ -54,9 +77,15 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "omnisift only with --selector)")
     p.add_argument("--retentions", type=float, nargs="+", default=list(DEFAULT_RETENTIONS))
     p.add_argument("--selector", help="omnisift: a trained OmniSIFTSelector checkpoint folder (required for omnisift)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N samples of the manifest")
+    p.add_argument("--limit", type=int, help="evaluate only the first N (usable) samples of the manifest")
     p.add_argument("--out", default="eval-results", help="output folder")
     p.add_argument("--prefix", default="", help="file name prefix: <out>/<prefix>results.json, ...")
+    p.add_argument("--resume", action="store_true",
+                   help=f"continue the run in --out: keep the answers in <out>/<prefix>{ANSWERS_FILE}, retry failed "
+                   "ones, do the rest; refused if that run used other settings (without --resume, a folder that "
+                   "holds answers is refused, see --overwrite)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run even if --out holds an earlier run's answers (they are discarded)")
     p.add_argument("--frame-size", type=int, help="square resize of decoded frames (e.g. 112 for the tiny processor)")
     p.add_argument("--max-frames", type=int, help="cap on decoded frames at 2 fps (the audio is cut to the same span)")
     p.add_argument("--fps", type=float, default=2.0)
@@ -85,6 +114,13 @@ def eval_options(**options: Any) -> argparse.Namespace:
 
 class UsageError(ValueError):
     """Bad options of `sift eval` / `sift bench` (the command line prints it without a traceback)."""
+
+
+class EvalError(RuntimeError):
+    """The run ended without a single answer to score (every sample skipped or failed): no accuracy exists.
+
+    Raised after results.json was written, so the skip and failure reasons are on disk.
+    """
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -174,6 +210,128 @@ def prepare(processor: Any, sample: Any, clip: Any, system_prompt: str | None = 
     return inputs
 
 
+
+# ------------------------------------------------------------------------------------------------ answers
+def _key(record: dict[str, Any]) -> Key:
+    return str(record["id"]), str(record["method"]), float(record["retention"])
+
+
+class AnswerLog:
+    """``<out>/<prefix>answers.jsonl``: the run's settings on line 1, then one JSON line per answer.
+
+    Each line is flushed as it is written, so a crash or Ctrl-C keeps every finished answer and
+    ``--resume`` can continue from the file. The settings line is what makes resuming safe: answers made
+    with another model or other methods are never mixed into one table.
+    """
+
+    def __init__(self, path: Path, answers: dict[Key, dict[str, Any]], file: TextIO):
+        self.path, self.answers, self._file = path, answers, file
+        self.new: set[Key] = set()  # written by this run (the others were read back from an earlier one)
+
+    @classmethod
+    def open(cls, path: str | Path, settings: dict[str, Any], resume: bool = False, overwrite: bool = False) -> AnswerLog:
+        """Start a new log, or (``resume``) continue the one at ``path`` when it was made with ``settings``.
+
+        A new log over an earlier run's answers needs ``overwrite``: they are discarded.
+        """
+        path = Path(path)
+        if resume and overwrite:
+            raise UsageError("--resume continues the answers in --out and --overwrite discards them: pass one")
+        settings = json.loads(json.dumps(settings))  # as it will read back (tuples -> lists)
+        previous = None
+        if path.is_file() and path.stat().st_size and not overwrite:
+            previous = _read_answers(path)
+        if previous is not None and not resume and previous[1]:
+            raise UsageError(
+                f"{path} already holds {len(previous[1])} answers of an earlier run: pass --resume to continue it "
+                "or --overwrite to start over, or choose another --out"
+            )
+        if overwrite and path.is_file():
+            logger.warning("--overwrite: discarding the earlier answers in %s", path)
+        if resume and previous is not None:
+            _check_same_run(path, previous[0], settings)
+            file = path.open("a", encoding="utf-8")
+            if not _ends_with_newline(path):
+                file.write("\n")  # an interrupted write left half a line: end it, it is ignored on reading
+            return cls(path, previous[1], file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        file = path.open("w", encoding="utf-8")
+        file.write(json.dumps({"sift_eval_answers": ANSWERS_FORMAT, "settings": settings}) + "\n")
+        file.flush()
+        return cls(path, {}, file)
+
+    def done(self, key: Key) -> bool:
+        """Answered without error (a failed answer is tried again)."""
+        return self.answers.get(key, {}).get("status") == "ok"
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._file.write(json.dumps(record, default=str) + "\n")
+        self._file.flush()
+        self.answers[_key(record)] = record
+        self.new.add(_key(record))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _read_answers(path: Path) -> tuple[dict[str, Any], dict[Key, dict[str, Any]]]:
+    """(settings, answers by key; the last line of a key wins) of an answers file; half-written lines are ignored."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        header = json.loads(lines[0])
+        settings = header["settings"] if header.get("sift_eval_answers") == ANSWERS_FORMAT else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        settings = None
+    if not isinstance(settings, dict):
+        raise UsageError(f"{path} is not a sift eval answers file (format {ANSWERS_FORMAT}); move it or choose another --out")
+    answers: dict[Key, dict[str, Any]] = {}
+    for lineno, line in enumerate(lines[1:], start=2):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            answers[_key(record)] = record
+        except (ValueError, KeyError, TypeError):
+            logger.warning("%s: line %d is not a complete answer (an interrupted write?); ignored", path, lineno)
+    return settings, answers
+
+
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) == b"\n"
+
+
+def _check_same_run(path: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
+    diffs = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+    if diffs:
+        k = diffs[0]
+        more = f"; also {', '.join(diffs[1:])}" if len(diffs) > 1 else ""
+        raise UsageError(
+            f"cannot --resume from {path}: it was made with other settings ({k}: {old.get(k)!r} there, "
+            f"{new.get(k)!r} now{more}); use the same options or another --out"
+        )
+
+
+def _resolved(value: Any) -> Any:
+    """An existing path as an absolute one (the same run from another folder), anything else as given."""
+    if value is None or value == "tiny" or not Path(str(value)).exists():
+        return value
+    return str(Path(str(value)).resolve())
+
+
+def run_settings(args: argparse.Namespace, methods: Sequence[str], dtype: torch.dtype) -> dict[str, Any]:
+    """Everything that changes the answers: what ``--resume`` requires to be the same."""
+    processor = args.processor or ("tiny" if args.model == "tiny" else args.model)
+    return dict(
+        manifest=_resolved(args.manifest), schema=args.schema, video_root=_resolved(args.video_root),
+        model=_resolved(args.model), processor=_resolved(processor), selector=_resolved(args.selector),
+        dtype=str(dtype).replace("torch.", ""), attn=args.attn, methods=sorted(methods),
+        retentions=sorted(float(r) for r in args.retentions), fps=float(args.fps), frame_size=args.frame_size,
+        max_frames=args.max_frames, max_new_tokens=args.max_new_tokens, system_prompt=args.system_prompt, seed=args.seed,
+    )
+
+
 # ------------------------------------------------------------------------------------------------ run
 def _configs(methods: Sequence[str], retentions: Sequence[float]) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
@@ -187,6 +345,12 @@ def run_eval(args: argparse.Namespace | None = None, **options: Any) -> dict[str
     """Evaluate and write results.json / results.md / accuracy.png; returns the results dict.
 
     Pass parsed ``args`` or keyword options (``run_eval(manifest="m.json", methods=["none", "random"], out=dir)``).
+
+    Raises:
+        UsageError: bad options, a manifest without usable records, a bad record with ``strict``, or an
+            ``--out`` folder that holds another run's answers.
+        EvalError: not one answer could be produced (results.json is still written).
+        KeyboardInterrupt: the answers so far stay in answers.jsonl; ``resume=True`` continues.
     """
     if args is None:
         args = eval_options(**options)
@@ -201,12 +365,11 @@ def run_eval(args: argparse.Namespace | None = None, **options: Any) -> dict[str
         torch.set_num_threads(threads)
 
 
-def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
+def _methods(args: argparse.Namespace) -> list[str]:
+    """The methods to run, checked (with the retentions and schema) before anything is loaded."""
     import sift
-    from sift.manifest import SCHEMAS, extract_letter, read_manifest
-    from sift.media import load_clip
+    from sift.manifest import SCHEMAS
 
-    t_start = time.perf_counter()
     if args.methods:
         methods = list(dict.fromkeys(args.methods))
     else:
@@ -224,20 +387,62 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"retentions must be in (0, 1], got {r}")
     if args.schema != "auto" and args.schema not in SCHEMAS:
         raise UsageError(f"unknown schema {args.schema!r}; expected 'auto' or one of {SCHEMAS}")
-    configs = _configs(methods, args.retentions)
-    if not configs:
+    if not methods:
         raise UsageError("nothing to evaluate: give at least one method")
+    return methods
 
-    samples = read_manifest(args.manifest, schema=args.schema, video_root=args.video_root)
-    if args.limit is not None:
-        samples = samples[: max(0, int(args.limit))]
+
+def _read_samples(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    """(usable samples, up to --limit; skipped records); refuses a manifest that leaves nothing to evaluate."""
+    from sift.manifest import ManifestError, read_manifest_report
+
+    try:
+        report = read_manifest_report(args.manifest, schema=args.schema, video_root=args.video_root, strict=args.strict)
+    except ManifestError as e:  # only with --strict
+        raise UsageError(f"--strict: refusing the manifest, {e.place}: {e.reason}") from e
+    samples = report.samples if args.limit is None else report.samples[: max(0, int(args.limit))]
+    if not samples:
+        if report.skipped:
+            first = report.skipped[0]
+            why = f"all {len(report.skipped)} records are bad (first: {first.place}: {first.reason})"
+        else:
+            why = "--limit leaves no sample" if report.samples else "it has no records"
+        raise UsageError(f"nothing to evaluate in {args.manifest}: {why}")
+    return samples, report.skipped
+
+
+def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    methods = _methods(args)
+    configs = _configs(methods, args.retentions)
+    samples, bad_records = _read_samples(args)
     device = _device(args.device)
     dtype = _dtype(args.dtype, device)
-    model, processor = load_model(args.model, args.processor, device, dtype, args.attn, args.seed)
-    tok = processor.tokenizer
+    out, prefix = Path(args.out), args.prefix or ""
+    log = AnswerLog.open(out / f"{prefix}{ANSWERS_FILE}", run_settings(args, methods, dtype), args.resume, args.overwrite)
+    try:
+        model, processor = load_model(args.model, args.processor, device, dtype, args.attn, args.seed)
+        compressors = _compressors(args, configs)
+        skipped = _answer_all(args, samples, configs, model, processor, compressors, log, device)
+    finally:
+        log.close()
+    result = _result(args, methods, configs, samples, skipped, bad_records, log)
+    result.update(device=str(device), dtype=str(dtype).replace("torch.", ""), wall_s=time.perf_counter() - t_start)
+    _write_outputs(result, out, prefix, args.quiet)
+    if not result["predictions"]:
+        first = (result["failures"] and result["failures"][0]["error"]) or next(iter(result["skip_reasons"].values()), "")
+        raise EvalError(
+            f"no answer to score: {result['skipped']} of {result['samples']} samples skipped, {result['failed']} "
+            f"answers failed (first: {first}; all reasons in {result['files'][0]})"
+        )
+    return result
+
+
+def _compressors(args: argparse.Namespace, configs: Sequence[tuple[str, float]]) -> dict[tuple[str, float], Any]:
+    import sift
 
     selector = None
-    if "omnisift" in methods:
+    if any(name == "omnisift" for name, _ in configs):
         selector = sift.OmniSIFTSelector.from_pretrained(args.selector).eval()
     compressors: dict[tuple[str, float], Any] = {}
     for name, r in configs:
@@ -247,126 +452,197 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
         elif name == "random":
             extra["seed"] = args.seed
         compressors[(name, r)] = sift.get_compressor(name, retention=r, **extra)
+    return compressors
 
-    size = None if args.frame_size is None else (int(args.frame_size), int(args.frame_size))
+
+class _ClipLoader:
+    """Decodes clips, keeping the last one: consecutive questions about one video decode it once."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.fps, self.max_frames = args.fps, args.max_frames
+        self.size = None if args.frame_size is None else (int(args.frame_size), int(args.frame_size))
+        self._last: tuple[str, Any] | None = None
+
+    def __call__(self, video: str) -> Any:
+        from sift.media import load_clip
+
+        if self._last is None or self._last[0] != video:
+            self._last = None
+            self._last = (video, load_clip(video, fps=self.fps, size=self.size, max_frames=self.max_frames))
+        return self._last[1]
+
+
+def _sample_inputs(
+    load: _ClipLoader, processor: Any, sample: Any, args: argparse.Namespace, device: torch.device
+) -> tuple[Any, str | None]:
+    """(processor inputs on ``device``, None), or (None, why the sample is skipped)."""
+    try:  # decoded and processed once, reused by every method x retention
+        clip = load(sample.video)
+        if clip.audio is None or len(clip.audio) == 0:
+            raise ValueError("the video has no audio track (sift eval feeds the video's audio)")
+        return prepare(processor, sample, clip, args.system_prompt).to(device), None
+    except FileNotFoundError:
+        return None, f"video file not found: {sample.video}"
+    except Exception as e:  # corrupt / undecodable / no audio / processing failure
+        return None, _error_text(e)
+
+
+def _error_text(e: BaseException) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e).strip() else ''}".rstrip(": ")
+
+
+def _answer_all(
+    args: argparse.Namespace, samples: Sequence[Any], configs: Sequence[tuple[str, float]], model: Any, processor: Any,
+    compressors: dict[tuple[str, float], Any], log: AnswerLog, device: torch.device,
+) -> dict[str, str]:
+    """Answer every (sample, method, retention) not already in ``log``; returns the skipped samples' reasons."""
+    todo = {s.id: [c for c in configs if not log.done((s.id, *c))] for s in samples}
     skipped: dict[str, str] = {}
-    predictions: list[dict[str, Any]] = []
-    progress = None
-    if not args.quiet:
-        from tqdm.auto import tqdm
+    load = _ClipLoader(args)
+    written = 0
+    with _progress(args.quiet, sum(len(v) for v in todo.values())) as progress:
+        try:
+            for sample in samples:
+                if not todo[sample.id]:
+                    continue
+                inputs, reason = _sample_inputs(load, processor, sample, args, device)
+                if reason is not None:
+                    skipped[sample.id] = reason
+                    logger.warning("skipping sample %r: %s", sample.id, reason)
+                    progress.update(len(todo[sample.id]))
+                    continue
+                for name, r in todo[sample.id]:
+                    progress.set_postfix_str(f"{name}@{r:g}")
+                    log.write(_answer(model, processor.tokenizer, inputs, compressors[(name, r)], sample, name, r, args))
+                    written += 1
+                    progress.update(1)
+                del inputs
+        except KeyboardInterrupt:
+            logger.warning("interrupted after %d new answers; they are in %s: run the same command with --resume to "
+                           "continue", written, log.path)
+            raise
+    return skipped
 
-        progress = tqdm(total=len(samples) * len(configs), desc="sift eval", unit="answer", file=sys.stderr)
-    cached: tuple[str, Any] | None = None  # consecutive questions about one video decode it once
-    for sample in samples:
-        try:  # decoded and processed once, reused by every method x retention
-            if cached is not None and cached[0] == sample.video:
-                clip = cached[1]
-            else:
-                cached = None
-                clip = load_clip(sample.video, fps=args.fps, size=size, max_frames=args.max_frames)
-                cached = (sample.video, clip)
-            if clip.audio is None or len(clip.audio) == 0:
-                raise ValueError("the video has no audio track (sift eval feeds the video's audio)")
-            inputs = prepare(processor, sample, clip, args.system_prompt).to(device)
-        except FileNotFoundError:
-            reason = f"video file not found: {sample.video}"
-        except Exception as e:  # corrupt / undecodable / no audio / processing failure
-            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-        else:
-            reason = None
-        if reason is not None:
-            skipped[sample.id] = reason
-            logger.warning("skipping sample %r: %s", sample.id, reason)
-            if progress is not None:
-                progress.update(len(configs))
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+
+def _progress(quiet: bool, total: int) -> Any:
+    """A tqdm bar on stderr, or a stand-in with the same methods when ``quiet``."""
+    import contextlib
+
+    if quiet:
+        return contextlib.nullcontext(_NoProgress())
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sift eval", unit="answer", file=sys.stderr)
+
+
+def _answer(model: Any, tok: Any, inputs: Any, compressor: Any, sample: Any, name: str, r: float,
+            args: argparse.Namespace) -> dict[str, Any]:
+    """One answer as an answers.jsonl record; an exception becomes a failed record, not a lost run."""
+    import sift
+    from sift.manifest import extract_letter
+
+    record: dict[str, Any] = dict(
+        id=sample.id, category=sample.category if sample.category is not None else UNCATEGORIZED, method=name,
+        retention=r, answer=sample.answer,
+    )
+    n_prompt = int(inputs["input_ids"].shape[1])
+    try:
+        with torch.no_grad(), sift.compress(model, compressor) as session:
+            out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+    except Exception as e:  # one failing input must not cost the run; KeyboardInterrupt still stops it
+        logger.warning("sample %r, %s at retention %g failed: %s", sample.id, name, r, _error_text(e))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # a CUDA out-of-memory should not doom the next answers
+        return dict(record, status="failed", error=_error_text(e))
+    reply = tok.decode(out[0, n_prompt:], skip_special_tokens=True)
+    letter = extract_letter(reply, sample.num_options)
+    stats = session.stats
+    return dict(
+        record, status="ok", reply=reply, letter=letter, correct=letter == sample.answer,
+        achieved_retention=stats.retention if stats is not None else 1.0,
+        llm_tokens=stats.tokens_after[0] if stats is not None else n_prompt, input_tokens=n_prompt,
+    )
+
+
+# ------------------------------------------------------------------------------------------------ results
+def _collect(samples: Sequence[Any], configs: Sequence[tuple[str, float]], skipped: dict[str, str],
+             answers: dict[Key, dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """This run's answers (new or read back), in manifest x config order; skipped samples have none."""
+    for s in samples:
+        if s.id in skipped:
             continue
-        n_prompt = inputs["input_ids"].shape[1]
         for name, r in configs:
-            with torch.no_grad(), sift.compress(model, compressors[(name, r)]) as session:
-                out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-            reply = tok.decode(out[0, n_prompt:], skip_special_tokens=True)
-            letter = extract_letter(reply, sample.num_options)
-            stats = session.stats
-            predictions.append(
-                dict(
-                    id=sample.id,
-                    category=sample.category if sample.category is not None else UNCATEGORIZED,
-                    method=name,
-                    retention=r,
-                    answer=sample.answer,
-                    reply=reply,
-                    letter=letter,
-                    correct=letter == sample.answer,
-                    achieved_retention=stats.retention if stats is not None else 1.0,
-                    llm_tokens=stats.tokens_after[0] if stats is not None else int(n_prompt),
-                    input_tokens=int(n_prompt),
-                )
-            )
-            if progress is not None:
-                progress.set_postfix_str(f"{name}@{r:g}")
-                progress.update(1)
-        del inputs
-    if progress is not None:
-        progress.close()
+            record = answers.get((s.id, name, r))
+            if record is not None:
+                yield record
 
-    results = []
-    evaluated = len(samples) - len(skipped)
-    for name, r in configs:
-        preds = [p for p in predictions if p["method"] == name and p["retention"] == r]
-        cats: dict[str, list[dict[str, Any]]] = {}
-        for p in preds:
-            cats.setdefault(p["category"], []).append(p)
-        results.append(
-            dict(
-                method=name,
-                label="full tokens" if name == "none" else name,
-                retention=r,
-                n=len(preds),
-                accuracy=accuracy([p["letter"] for p in preds], [p["answer"] for p in preds]),
-                no_letter=sum(p["letter"] is None for p in preds),
-                achieved_retention=float(np.mean([p["achieved_retention"] for p in preds])) if preds else float("nan"),
-                mean_llm_tokens=float(np.mean([p["llm_tokens"] for p in preds])) if preds else float("nan"),
-                per_category={
-                    c: dict(n=len(ps), accuracy=accuracy([p["letter"] for p in ps], [p["answer"] for p in ps]))
-                    for c, ps in sorted(cats.items())
-                },
-            )
-        )
-    result = dict(
+
+def _row(name: str, r: float, preds: list[dict[str, Any]], failed: int) -> dict[str, Any]:
+    cats: dict[str, list[dict[str, Any]]] = {}
+    for p in preds:
+        cats.setdefault(p["category"], []).append(p)
+    return dict(
+        method=name,
+        label="full tokens" if name == "none" else name,
+        retention=r,
+        n=len(preds),
+        failed=failed,
+        accuracy=accuracy([p["letter"] for p in preds], [p["answer"] for p in preds]),
+        no_letter=sum(p["letter"] is None for p in preds),
+        achieved_retention=float(np.mean([p["achieved_retention"] for p in preds])) if preds else float("nan"),
+        mean_llm_tokens=float(np.mean([p["llm_tokens"] for p in preds])) if preds else float("nan"),
+        per_category={
+            c: dict(n=len(ps), accuracy=accuracy([p["letter"] for p in ps], [p["answer"] for p in ps]))
+            for c, ps in sorted(cats.items())
+        },
+    )
+
+
+def _result(args: argparse.Namespace, methods: list[str], configs: Sequence[tuple[str, float]], samples: Sequence[Any],
+            skipped: dict[str, str], bad_records: Sequence[Any], log: AnswerLog) -> dict[str, Any]:
+    """The results dict of everything on disk for this run's samples and configs."""
+    records = list(_collect(samples, configs, skipped, log.answers))
+    predictions = [p for p in records if p.get("status") == "ok"]
+    failures = [dict(id=p["id"], method=p["method"], retention=p["retention"], error=p.get("error", ""))
+                for p in records if p.get("status") != "ok"]
+    rows = [
+        _row(name, r, [p for p in predictions if (p["method"], p["retention"]) == (name, r)],
+             sum((f["method"], f["retention"]) == (name, r) for f in failures))
+        for name, r in configs
+    ]
+    return dict(
         command=getattr(args, "command_line", None) or _command_line(args),
         manifest=str(args.manifest),
         schema=args.schema,
         model=args.model,
         processor=args.processor or ("tiny" if args.model == "tiny" else args.model),
         selector=args.selector,
-        device=str(device),
-        dtype=str(dtype).replace("torch.", ""),
         settings=dict(
             methods=methods, retentions=[float(r) for r in args.retentions], fps=args.fps, frame_size=args.frame_size,
             max_frames=args.max_frames, max_new_tokens=args.max_new_tokens, limit=args.limit, seed=args.seed,
-            decoding="greedy",
+            decoding="greedy", strict=bool(args.strict),
         ),
         samples=len(samples),
-        evaluated=evaluated,
+        evaluated=len(samples) - len(skipped),
         skipped=len(skipped),
         skip_reasons=skipped,
+        skipped_records=[r.as_dict() for r in bad_records],
+        failed=len(failures),
+        failures=failures,
+        resumed=sum(_key(p) not in log.new for p in records),
+        answers_file=str(log.path),
         categories=sorted({p["category"] for p in predictions}),
-        results=results,
+        results=rows,
         predictions=predictions,
-        wall_s=time.perf_counter() - t_start,
     )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    prefix = args.prefix or ""
-    md = markdown(result)
-    (out / f"{prefix}results.json").write_text(json.dumps(result, indent=2, default=str, allow_nan=True) + "\n")
-    (out / f"{prefix}results.md").write_text(md)
-    plot_accuracy(result, out / f"{prefix}accuracy.png")
-    result["files"] = [str(out / f"{prefix}{n}") for n in ("results.json", "results.md", "accuracy.png")]
-    if not args.quiet:
-        print(md)
-        print("wrote " + ", ".join(result["files"]))
-    return result
 
 
 def _command_line(args: argparse.Namespace) -> str:
@@ -384,53 +660,93 @@ def _command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def _write_outputs(result: dict[str, Any], out: Path, prefix: str, quiet: bool) -> None:
+    """results.json, results.md and accuracy.png (their paths go to ``result["files"]``); the table on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    result["files"] = [str(out / f"{prefix}{n}") for n in ("results.json", "results.md", "accuracy.png")]
+    md = markdown(result)
+    (out / f"{prefix}results.json").write_text(json.dumps(result, indent=2, default=str, allow_nan=True) + "\n")
+    (out / f"{prefix}results.md").write_text(md)
+    plot_accuracy(result, out / f"{prefix}accuracy.png")
+    if not quiet:
+        print(md)
+        print("wrote " + ", ".join(result["files"]))
+
+
 # ------------------------------------------------------------------------------------------------ report
 def _pct(x: float) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
 
 
 def markdown(result: dict[str, Any]) -> str:
-    rows = result["results"]
-    rets = sorted({r["retention"] for r in rows if r["method"] != "none"})
+    """results.md: counts, accuracy by method x retention, per category, tokens, and what was left out."""
     lines = [
         f"# sift eval: {Path(result['manifest']).name}",
         "",
         f"Model `{result['model']}` ({result['device']}, {result['dtype']}), greedy decoding, "
         f"{result['settings']['max_new_tokens']} new tokens. Samples: {result['samples']} in the manifest, "
-        f"{result['evaluated']} evaluated, {result['skipped']} skipped (missing / undecodable / no audio).",
-        "",
-        "## Accuracy (%) by method and retention",
+        f"{result['evaluated']} evaluated, {result['skipped']} skipped (missing / undecodable / no audio). "
+        f"Bad manifest records skipped: {len(result['skipped_records'])}. Failed answers (not in the accuracy): "
+        f"{result['failed']}." + (f" Answers resumed from an earlier run: {result['resumed']}." if result.get("resumed") else ""),
         "",
     ]
-    full = next((r for r in rows if r["method"] == "none"), None)
+    lines += _accuracy_table(result["results"]) + _category_table(result) + _token_table(result["results"])
+    lines += _left_out(result)
+    lines += ["", f"Wall time {result['wall_s']:.0f} s. Command: `{result['command']}`", ""]
+    return "\n".join(lines)
+
+
+def _accuracy_table(rows: list[dict[str, Any]]) -> list[str]:
+    rets = sorted({r["retention"] for r in rows if r["method"] != "none"})
+    lines = ["## Accuracy (%) by method and retention", ""]
     header = "| method | " + " | ".join(f"r = {r:g}" for r in rets) + " |" if rets else "| method | r = 1 |"
     lines += [header, "|" + "|".join(["---"] * (header.count("|") - 1)) + "|"]
+    full = next((r for r in rows if r["method"] == "none"), None)
     if full is not None:
         cells = [_pct(full["accuracy"])] * max(1, len(rets))
         lines.append("| full tokens (none) | " + " | ".join(cells) + " |")
     for m in dict.fromkeys(r["method"] for r in rows if r["method"] != "none"):
         by_r = {r["retention"]: r for r in rows if r["method"] == m}
         lines.append(f"| {m} | " + " | ".join(_pct(by_r[r]["accuracy"]) if r in by_r else "" for r in rets) + " |")
-    lines += ["", "## Per category (%)", ""]
+    return lines
+
+
+def _category_table(result: dict[str, Any]) -> list[str]:
     cats = result["categories"]
+    lines = ["", "## Per category (%)", ""]
     header = "| method | r | n | overall | " + " | ".join(cats) + " |"
     lines += [header, "|" + "|".join(["---"] * (header.count("|") - 1)) + "|"]
-    for r in rows:
+    for r in result["results"]:
         cells = [_pct(r["per_category"][c]["accuracy"]) if c in r["per_category"] else "" for c in cats]
         lines.append(f"| {r['label']} | {r['retention']:g} | {r['n']} | {_pct(r['accuracy'])} | " + " | ".join(cells) + " |")
-    lines += ["", "## Tokens", "", "| method | r | achieved retention | mean LLM tokens | replies without a letter |",
-              "|---|---|---|---|---|"]
+    return lines
+
+
+def _token_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = ["", "## Tokens", "", "| method | r | achieved retention | mean LLM tokens | replies without a letter | failed |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
-            f"| {r['label']} | {r['retention']:g} | {r['achieved_retention']:.3f} | {r['mean_llm_tokens']:.0f} | {r['no_letter']} |"
+            f"| {r['label']} | {r['retention']:g} | {r['achieved_retention']:.3f} | {r['mean_llm_tokens']:.0f} "
+            f"| {r['no_letter']} | {r['failed']} |"
         )
+    return lines
+
+
+def _left_out(result: dict[str, Any]) -> list[str]:
+    """Skipped samples, failed answers and skipped manifest records, each with its reason."""
+    lines: list[str] = []
     if result["skip_reasons"]:
         lines += ["", "## Skipped samples", ""]
         lines += [f"- `{sid}`: {why}" for sid, why in result["skip_reasons"].items()]
-    lines += ["", f"Wall time {result['wall_s']:.0f} s. Command: `{result['command']}`", ""]
-    return "\n".join(lines)
-
-
+    if result["failures"]:
+        lines += ["", "## Failed answers (not counted in the accuracy)", ""]
+        lines += [f"- `{f['id']}` {f['method']} @ {f['retention']:g}: {f['error']}" for f in result["failures"]]
+    if result["skipped_records"]:
+        lines += ["", "## Skipped manifest records", ""]
+        lines += [f"- {r['location']}" + (f" (line {r['line']})" if r["line"] and "line" not in r["location"] else "")
+                  + f": {r['reason']}" for r in result["skipped_records"]]
+    return lines
 def plot_accuracy(result: dict[str, Any], path: str | Path) -> None:
     """Accuracy vs retention, one line per method; the full-token accuracy as a dashed horizontal line."""
     import matplotlib
@@ -452,7 +768,8 @@ def plot_accuracy(result: dict[str, Any], path: str | Path) -> None:
     ax.set_xlim(0.0, 1.05)
     ax.set_title(f"{Path(result['manifest']).name}: {result['evaluated']} samples, model {Path(str(result['model'])).name}")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # nothing was answered: an empty plot, without a legend warning
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -42,8 +42,10 @@ Answers may be a letter (``"B"``, ``"(B)"``, ``"B."``), an option's text (exact,
 surrounding spaces and a final period), a prefixed option (``"B. a dog"``) or a 0-based integer index.
 Option prefixes (``"A. "``, ``"A) "``, ``"(A) "``, ``"A: "``) are removed when *every* option carries
 one and their letters are exactly the first N letters; options are then re-lettered in list order and a
-letter answer is mapped through the original prefixes. A bad record raises ``ValueError`` naming the
-file, the line (JSONL) or index (JSON) and what is wrong.
+letter answer is mapped through the original prefixes. A bad record raises :class:`ManifestError` (a
+``ValueError``) naming the file, the line (JSONL) or index (JSON) and what is wrong;
+:func:`read_manifest_report` (and ``read_manifest(..., strict=False)``) skips such records instead and
+reports each one's line and reason (:class:`SkippedRecord`), so one typo does not refuse a whole benchmark.
 
 :func:`build_prompt` renders the question and lettered options in the reference evaluation style, and
 :func:`extract_letter` reads the option letter back from a model's reply (reference evaluations: the first
@@ -54,6 +56,7 @@ from __future__ import annotations
 
 import ast
 import json
+import logging
 import os
 import re
 from collections.abc import Sequence
@@ -67,10 +70,16 @@ __all__ = [
     "SCHEMAS",
     "ANSWER_INSTRUCTION",
     "AVQASample",
+    "ManifestError",
+    "ManifestReport",
+    "SkippedRecord",
     "read_manifest",
+    "read_manifest_report",
     "build_prompt",
     "extract_letter",
 ]
+
+logger = logging.getLogger(__name__)
 
 SCHEMAS: tuple[str, ...] = ("generic", "dailyomni", "worldsense")
 
@@ -141,17 +150,77 @@ def extract_letter(reply: str, num_options: int) -> str | None:
 # --------------------------------------------------------------------------------------------- readers
 
 
+class ManifestError(ValueError):
+    """One bad manifest record; a ``ValueError`` whose message names the file, the place and the problem.
+
+    Carries the parts separately so that lenient readers can report them (``sift eval``'s ``skipped_records``):
+    ``location`` (``"<file>: line 3"``), ``line`` (1-based line in the file, ``None`` where unknown),
+    ``index`` (0-based record number) and ``reason`` (the message without the location).
+    """
+
+    def __init__(self, reason: str, *, location: str, line: int | None = None, index: int | None = None):
+        super().__init__(f"{location}: {reason}")
+        self.reason, self.location, self.line, self.index = reason, location, line, index
+
+    @property
+    def place(self) -> str:
+        """``location``, plus the line where the location is not one (``"<file>: index 2 (line 9)"``)."""
+        return _place(self.location, self.line)
+
+
+@dataclass(frozen=True)
+class SkippedRecord:
+    """A record :func:`read_manifest_report` left out, and why (``line``: 1-based, ``None`` where unknown)."""
+
+    line: int | None
+    index: int | None
+    location: str
+    reason: str
+
+    @property
+    def place(self) -> str:
+        """``location``, plus the line where the location is not one (``"<file>: index 2 (line 9)"``)."""
+        return _place(self.location, self.line)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"line": self.line, "index": self.index, "location": self.location, "reason": self.reason}
+
+
+def _place(location: str, line: int | None) -> str:
+    return location if line is None or location.endswith(f"line {line}") else f"{location} (line {line})"
+
+
+@dataclass
+class ManifestReport:
+    """What :func:`read_manifest_report` read: the usable samples, the skipped records, the schema used."""
+
+    samples: list[AVQASample]
+    skipped: list[SkippedRecord]
+    schema: str
+
+
 class _Where:
     """Location of a record, for error messages: ``"<file>: line 3"`` / ``"<file>: index 2"``."""
 
-    def __init__(self, path: Path, label: str, number: int):
-        self.path, self.label, self.number = path, label, number
+    def __init__(self, path: Path, label: str, number: int, line: int | None = None):
+        self.path, self.label, self.number, self.line = path, label, number, line
 
     def __str__(self) -> str:
         return f"{self.path}: {self.label}"
 
 
-def _load_records(path: Path) -> list[tuple[_Where, dict]]:
+def _bad(where: _Where, reason: str) -> ManifestError:
+    return ManifestError(reason, location=str(where), line=where.line, index=where.number)
+
+
+_Entry = tuple[_Where, dict | ManifestError]  # a record, or why its line could not be read as one
+
+
+def _load_records(path: Path) -> list[_Entry]:
+    """The file's records in order; a JSONL line that is not a JSON object is kept as its ManifestError.
+
+    Whole-file problems (missing file, a JSON document that does not parse) raise: no record can be located.
+    """
     if not path.is_file():
         raise FileNotFoundError(f"no such manifest file: {path}")
     text = path.read_text(encoding="utf-8")
@@ -165,19 +234,7 @@ def _load_records(path: Path) -> list[tuple[_Where, dict]]:
                 raise ValueError(f"{path}: invalid JSON: {e}") from e
             jsonl = True  # several objects, one per line: JSONL under a .json name
     if jsonl:
-        out = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            where = _Where(path, f"line {lineno}", len(out))
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: invalid JSON: {e}") from e
-            if not isinstance(rec, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-            out.append((where, rec))
-        return out
+        return _jsonl_records(path, text)
     if isinstance(data, dict):
         nested = _flatten_worldsense_nested(path, data)
         if nested is None:
@@ -189,16 +246,52 @@ def _load_records(path: Path) -> list[tuple[_Where, dict]]:
         return nested
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of records, got {type(data).__name__}")
-    out = []
+    lines = _element_lines(text)
+    out: list[_Entry] = []
     for i, rec in enumerate(data):
-        where = _Where(path, f"index {i}", i)
-        if not isinstance(rec, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
-        out.append((where, rec))
+        where = _Where(path, f"index {i}", i, lines[i] if i < len(lines) else None)
+        out.append((where, rec if isinstance(rec, dict) else _bad(where, f"expected a JSON object, got {type(rec).__name__}")))
     return out
 
 
-def _flatten_worldsense_nested(path: Path, data: dict) -> list[tuple[_Where, dict]] | None:
+def _jsonl_records(path: Path, text: str) -> list[_Entry]:
+    out: list[_Entry] = []
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = _Where(path, f"line {lineno}", len(out), lineno)
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            out.append((where, _bad(where, f"invalid JSON: {e}")))
+            continue
+        out.append((where, rec if isinstance(rec, dict) else _bad(where, f"expected a JSON object, got {type(rec).__name__}")))
+    return out
+
+
+def _element_lines(text: str) -> list[int]:
+    """The 1-based line each element of a top-level JSON list starts on, so skipped records can be found.
+
+    A second, positional pass (``json.loads`` keeps no positions); ``[]`` if the text defeats it.
+    """
+    decoder, gap = json.JSONDecoder(), re.compile(r"[\s,]*")
+    lines: list[int] = []
+    try:
+        pos = text.index("[") + 1
+        line, counted = 1, 0
+        while True:
+            pos = gap.match(text, pos).end()  # type: ignore[union-attr]
+            if pos >= len(text) or text[pos] == "]":
+                return lines
+            line += text.count("\n", counted, pos)
+            counted = pos
+            lines.append(line)
+            _, pos = decoder.raw_decode(text, pos)
+    except ValueError:
+        return []
+
+
+def _flatten_worldsense_nested(path: Path, data: dict) -> list[_Entry] | None:
     """WorldSense's ``worldsense_qa.json``: ``{video_id: {..., "task1": {question, ...}, ...}}``."""
     if not data or not all(isinstance(v, dict) for v in data.values()):
         return None
@@ -207,7 +300,7 @@ def _flatten_worldsense_nested(path: Path, data: dict) -> list[tuple[_Where, dic
     )
     if not tasks_found:
         return None
-    out = []
+    out: list[_Entry] = []
     for vid, entry in data.items():
         shared = {k: v for k, v in entry.items() if not (k.startswith("task") and isinstance(v, dict))}
         for key, task in entry.items():
@@ -223,7 +316,7 @@ def _require(rec: dict, keys: Sequence[str], where: _Where, schema: str) -> Any:
         if k in rec and rec[k] is not None:
             return rec[k]
     alts = " (or " + ", ".join(repr(k) for k in keys[1:]) + ")" if len(keys) > 1 else ""
-    raise ValueError(f"{where}: missing key {keys[0]!r}{alts} (schema {schema!r}); record keys: {sorted(rec)}")
+    raise _bad(where, f"missing key {keys[0]!r}{alts} (schema {schema!r}); record keys: {sorted(rec)}")
 
 
 def _first(rec: dict, keys: Sequence[str]) -> Any:
@@ -241,9 +334,10 @@ def _detect_schema(rec: dict, where: _Where) -> str:
         return "worldsense"
     if keys & {"options", "question"}:
         return "generic"
-    raise ValueError(
-        f"{where}: cannot detect the manifest schema from keys {sorted(keys)}; expected 'question'/'options' "
-        "(generic), 'Question'/'Choice' (dailyomni) or 'question'/'candidates' (worldsense), or pass schema="
+    raise _bad(
+        where,
+        f"cannot detect the manifest schema from keys {sorted(keys)}; expected 'question'/'options' "
+        "(generic), 'Question'/'Choice' (dailyomni) or 'question'/'candidates' (worldsense), or pass schema=",
     )
 
 
@@ -274,14 +368,14 @@ def _normalize_options(raw: Any, where: _Where) -> tuple[list[str], list[str], d
         try:
             parsed = ast.literal_eval(raw.strip())
         except (ValueError, SyntaxError) as e:
-            raise ValueError(f"{where}: options must be a list of strings, got the string {raw[:60]!r}") from e
+            raise _bad(where, f"options must be a list of strings, got the string {raw[:60]!r}") from e
         raw = parsed
     if not isinstance(raw, (list, tuple)):
-        raise ValueError(f"{where}: options must be a list of strings, got {type(raw).__name__}")
+        raise _bad(where, f"options must be a list of strings, got {type(raw).__name__}")
     opts = [str(o) for o in raw]
     raw_opts = list(opts)
     if not 2 <= len(opts) <= len(_LETTERS):
-        raise ValueError(f"{where}: need 2 to {len(_LETTERS)} options, got {len(opts)}")
+        raise _bad(where, f"need 2 to {len(_LETTERS)} options, got {len(opts)}")
     matches = [_PREFIX_RE.match(o) for o in opts]
     if all(matches):
         prefix = [(m.group(1) or m.group(2)).upper() for m in matches]
@@ -296,24 +390,24 @@ def _normalize_options(raw: Any, where: _Where) -> tuple[list[str], list[str], d
     opts = [o.strip() for o in opts]
     for i, o in enumerate(opts):
         if not o:
-            raise ValueError(f"{where}: option {i} is empty")
+            raise _bad(where, f"option {i} is empty")
     return opts, raw_opts, letter_map
 
 
 def _answer_letter(answer: Any, raw_options: list[str], options: list[str], letter_map: dict[str, int], where: _Where) -> str:
     n = len(options)
     if isinstance(answer, bool) or answer is None:
-        raise ValueError(f"{where}: invalid answer {answer!r}")
+        raise _bad(where, f"invalid answer {answer!r}")
     if isinstance(answer, (int, np.integer)):
         if not 0 <= int(answer) < n:
-            raise ValueError(f"{where}: answer index {answer} out of range for {n} options")
+            raise _bad(where, f"answer index {answer} out of range for {n} options")
         return _LETTERS[int(answer)]
     s = str(answer).strip()
     m = _LETTER_RE.match(s)
 
     def by_letter(letter: str) -> str:
         if letter not in letter_map:
-            raise ValueError(f"{where}: answer {s!r} is out of range for {n} options (A-{_LETTERS[n - 1]})")
+            raise _bad(where, f"answer {s!r} is out of range for {n} options (A-{_LETTERS[n - 1]})")
         return _LETTERS[letter_map[letter]]
 
     if m and m.group(1).isupper():  # "B", "(B)", "B." -- a letter first, even if an option reads "B"
@@ -326,7 +420,7 @@ def _answer_letter(answer: Any, raw_options: list[str], options: list[str], lett
     if len(hits) == 1:
         return _LETTERS[hits[0]]
     if len(hits) > 1:
-        raise ValueError(f"{where}: answer {s!r} matches several options {[_LETTERS[i] for i in hits]}")
+        raise _bad(where, f"answer {s!r} matches several options {[_LETTERS[i] for i in hits]}")
     if m:  # a lower-case letter that is not an option's text
         return by_letter(m.group(1).upper())
     m = _PREFIX_RE.match(s)
@@ -334,9 +428,7 @@ def _answer_letter(answer: Any, raw_options: list[str], options: list[str], lett
         letter = (m.group(1) or m.group(2)).upper()
         if letter in letter_map:
             return _LETTERS[letter_map[letter]]
-    raise ValueError(
-        f"{where}: answer {s[:80]!r} is neither a letter A-{_LETTERS[n - 1]} nor the text of one of the {n} options"
-    )
+    raise _bad(where, f"answer {s[:80]!r} is neither a letter A-{_LETTERS[n - 1]} nor the text of one of the {n} options")
 
 
 def _record_fields(rec: dict, schema: str, where: _Where, root: Path) -> tuple[str, str, Any, Any, Any, Any]:
@@ -383,7 +475,11 @@ def _record_fields(rec: dict, schema: str, where: _Where, root: Path) -> tuple[s
 
 
 def read_manifest(
-    path: str | os.PathLike, schema: str = "auto", video_root: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    schema: str = "auto",
+    video_root: str | os.PathLike | None = None,
+    *,
+    strict: bool = True,
 ) -> list[AVQASample]:
     """Read a JSON (list of records) or JSONL manifest into :class:`AVQASample` s.
 
@@ -393,39 +489,87 @@ def read_manifest(
     paths and bare video ids resolve against ``video_root`` (default: the manifest's folder); files are
     not opened here (a missing video is skipped later, by :class:`AVQADataset`).
 
+    ``strict=False`` skips bad records (logged with ``logging.warning``) instead of raising; use
+    :func:`read_manifest_report` to also get which ones and why.
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: unknown schema, unparsable file, or a bad record (message names the file, the line
-            or index, and the missing key / bad value).
+        ValueError: unknown schema or unparsable file; with ``strict``, a bad record (a :class:`ManifestError`
+            naming the file, the line or index, and the missing key / bad value).
+    """
+    return read_manifest_report(path, schema, video_root, strict=strict).samples
+
+
+def read_manifest_report(
+    path: str | os.PathLike,
+    schema: str = "auto",
+    video_root: str | os.PathLike | None = None,
+    *,
+    strict: bool = False,
+) -> ManifestReport:
+    """:func:`read_manifest`, lenient by default: one bad record of thousands should not cost the rest.
+
+    Each bad record (unparsable JSONL line, missing key, bad options or answer, duplicate id) is left out,
+    logged, and listed in :attr:`ManifestReport.skipped` with its line and reason; ``strict=True`` raises
+    the first one as a :class:`ManifestError` instead. Whole-file problems always raise. With
+    ``schema="auto"`` the schema comes from the first record whose keys identify one.
     """
     if schema != "auto" and schema not in SCHEMAS:
         raise ValueError(f"unknown schema {schema!r}; expected 'auto' or one of {SCHEMAS}")
     path = Path(path)
     root = Path(os.path.expanduser(str(video_root))) if video_root is not None else path.parent
     records = _load_records(path)
+    report = ManifestReport(samples=[], skipped=[], schema=schema)
     if not records:
-        return []
+        return report
     if schema == "auto":
-        schema = _detect_schema(records[0][1], records[0][0])
-    samples: list[AVQASample] = []
+        report.schema = schema = _auto_schema(records, strict)
     seen: dict[str, str] = {}
     for where, rec in records:
-        sid, video, question, raw_options, answer, category = _record_fields(rec, schema, where, root)
-        if not isinstance(question, str) or not question.strip():
-            raise ValueError(f"{where}: question must be a non-empty string, got {question!r}")
-        options, raw_list, letter_map = _normalize_options(raw_options, where)
-        letter = _answer_letter(answer, raw_list, options, letter_map, where)
-        if sid in seen:
-            raise ValueError(f"{where}: duplicate id {sid!r} (first at {seen[sid]})")
-        seen[sid] = str(where)
-        samples.append(
-            AVQASample(
-                id=sid,
-                video=video,
-                question=question.strip(),
-                options=options,
-                answer=letter,
-                category=None if category is None else str(category),
-            )
-        )
-    return samples
+        try:
+            sample = _sample(rec, schema, where, root)
+            if sample.id in seen:
+                raise _bad(where, f"duplicate id {sample.id!r} (first at {seen[sample.id]})")
+        except ManifestError as e:
+            if strict:
+                raise
+            report.skipped.append(SkippedRecord(e.line, e.index, e.location, e.reason))
+            logger.warning("skipping manifest record %s: %s", e.place, e.reason)
+            continue
+        seen[sample.id] = str(where)
+        report.samples.append(sample)
+    return report
+
+
+def _auto_schema(records: list[_Entry], strict: bool) -> str:
+    """The schema of the first record (strict), or of the first record that names one (lenient)."""
+    first_error: ManifestError | None = None
+    for where, rec in records:
+        try:
+            if isinstance(rec, ManifestError):
+                raise rec
+            return _detect_schema(rec, where)
+        except ManifestError as e:
+            if strict:
+                raise
+            first_error = first_error or e
+    raise ValueError(f"{records[0][0].path}: no record identifies the schema; first: {first_error}")
+
+
+def _sample(rec: dict | ManifestError, schema: str, where: _Where, root: Path) -> AVQASample:
+    """One record as a sample; raises its :class:`ManifestError` when it is not a valid one."""
+    if isinstance(rec, ManifestError):
+        raise rec
+    sid, video, question, raw_options, answer, category = _record_fields(rec, schema, where, root)
+    if not isinstance(question, str) or not question.strip():
+        raise _bad(where, f"question must be a non-empty string, got {question!r}")
+    options, raw_list, letter_map = _normalize_options(raw_options, where)
+    letter = _answer_letter(answer, raw_list, options, letter_map, where)
+    return AVQASample(
+        id=sid,
+        video=video,
+        question=question.strip(),
+        options=options,
+        answer=letter,
+        category=None if category is None else str(category),
+    )

@@ -1,6 +1,11 @@
 """`python -m train <fit|validate|...> --config configs/<name>.yaml ...` (LightningCLI) or
 `python -m train export <checkpoint> <out_dir>` (selector + LoRA adapter out of a checkpoint) or
-`python -m train tiny-omni --config configs/tiny-omni.yaml` (train the tiny SynthAV model from scratch)."""
+`python -m train tiny-omni --config configs/tiny-omni.yaml` (train the tiny SynthAV model from scratch).
+
+Expected errors (a missing manifest or checkpoint, a bad manifest record, a bad value) print one
+`python -m train <command>: error: ...` line and exit non-zero (2 for usage errors); set SIFT_DEBUG=1
+for the full traceback.
+"""
 
 from __future__ import annotations
 
@@ -29,7 +34,7 @@ def _export(argv: list[str]) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def _dispatch(argv: list[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "export":
         return _export(args[1:])
@@ -41,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
 
     cli_main(argv)  # None: LightningCLI reads sys.argv itself (and DDP re-launches work)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand; expected errors end it with one line (``sift.cli.run_command``), not a traceback."""
+    from sift.cli import run_command
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = args[0] if args and not args[0].startswith("-") else ""
+    return run_command(f"python -m train {command}".rstrip(), lambda: _dispatch(argv))
 
 
 if __name__ == "__main__":

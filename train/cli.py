@@ -2,7 +2,8 @@
 
 Every LightningCLI subcommand works (`fit`, `validate`, ...); `--print_config` shows the full config.
 Module options are under `model.*`, data options under `data.*`, Trainer options under `trainer.*`;
-`--ckpt_path last` (or a checkpoint path) resumes.
+`--ckpt_path last` (or a checkpoint path) resumes. Run through `python -m train`, expected errors (a missing
+manifest, a bad record) print one line; `SIFT_DEBUG=1` shows the traceback.
 """
 
 from __future__ import annotations
