@@ -12,20 +12,24 @@ Pieces, from files to batches:
   prompt. Unreadable items (missing/corrupt file, no audio when audio is required) become ``None`` with a
   rate-limited warning.
 - :func:`collate` left-pads a list of items into a batch (dropping and counting ``None`` items).
+- :class:`ResumableSampler` / :class:`ResumableDataLoader`: the training order (a seeded permutation per
+  epoch, each rank its shard) and the position in it, saved in checkpoints, so that a run resumed
+  mid-epoch continues with exactly the batches the uninterrupted run would have seen.
 - :class:`AVQADataModule` ties it together for Lightning (and ``LightningCLI`` YAML configs).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
 from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 import lightning as L
 
@@ -41,6 +45,8 @@ __all__ = [
     "build_prompt",
     "AVQADataset",
     "collate",
+    "ResumableSampler",
+    "ResumableDataLoader",
     "AVQADataModule",
 ]
 
@@ -298,6 +304,95 @@ def collate(items: Sequence[dict[str, Any] | None], pad_token_id: int) -> dict[s
     return batch
 
 
+# --------------------------------------------------------------------------------------------- resumable order
+
+
+class ResumableSampler(DistributedSampler):
+    """This rank's shard of a permutation seeded by (``seed``, epoch), able to begin part-way into an epoch.
+
+    The order is torch's :class:`~torch.utils.data.DistributedSampler` (the sampler Lightning injected for
+    DDP before), also with one process, so it depends only on the seed and the epoch, never on the global
+    RNG: a restarted process can rebuild it. :attr:`start` (set by :class:`ResumableDataLoader` when it
+    resumes) leaves out that many samples of the next iteration only.
+    """
+
+    def __init__(self, dataset: Any, *, num_replicas: int = 1, rank: int = 0, shuffle: bool = True, seed: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.start = 0
+
+    def __iter__(self) -> Iterator[int]:
+        start, self.start = self.start, 0
+        indices = list(super().__iter__())  # reads self.epoch now, i.e. after Lightning's set_epoch
+        return iter(indices[start:])
+
+
+class ResumableDataLoader(DataLoader):
+    """A :class:`DataLoader` over a :class:`ResumableSampler` that knows where it is in the epoch.
+
+    Lightning saves ``state_dict()`` of a training loader that has one in the checkpoint (and then no
+    longer warns that the loader is not resumable); ``load_state_dict()`` makes the next iteration of the
+    saved epoch skip the batches already trained on (indices only: skipped items are not decoded). The
+    position counts batches handed to the training loop, not the ones workers prefetched. The iterator
+    starts lazily, at the first batch, so that the resume and Lightning's ``set_epoch`` (called after
+    ``iter()``) are both applied before any index is drawn.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._epoch = int(getattr(self.sampler, "epoch", 0))
+        self._batches = 0
+        self._resume: tuple[int, int] | None = None
+
+    def state_dict(self) -> dict[str, int]:
+        """Plain ints (checkpoints load with ``weights_only=True``): the order's seed and the position in it."""
+        sampler = self.sampler
+        if not isinstance(sampler, ResumableSampler):
+            return {}
+        return {"seed": int(sampler.seed), "epoch": self._epoch, "batches": self._batches, "num_replicas": sampler.num_replicas}
+
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        """Continue the saved epoch after its saved batches (the saved seed wins: same order as before)."""
+        sampler = self.sampler
+        if not state_dict:
+            return
+        if not isinstance(sampler, ResumableSampler):
+            logger.warning("cannot resume mid-epoch with sampler %s: the epoch starts over", type(sampler).__name__)
+            return
+        saved_replicas = int(state_dict.get("num_replicas", sampler.num_replicas))
+        if saved_replicas != sampler.num_replicas:
+            logger.warning(
+                "resuming on %d ranks a run saved on %d: the rest of this epoch is split differently",
+                sampler.num_replicas,
+                saved_replicas,
+            )
+        sampler.seed = int(state_dict["seed"])
+        sampler.set_epoch(int(state_dict["epoch"]))  # for eager iterators; Lightning sets the epoch again
+        self._resume = (int(state_dict["epoch"]), int(state_dict["batches"]))
+
+    def __iter__(self) -> Iterator[Any]:
+        return self._counted()
+
+    def _counted(self) -> Iterator[Any]:
+        self._begin()
+        for batch in super().__iter__():
+            self._batches += 1
+            yield batch
+
+    def _begin(self) -> None:
+        """Start this iteration after the saved batches if it is the saved, unfinished epoch; else at 0."""
+        sampler = self.sampler
+        epoch = int(getattr(sampler, "epoch", 0))
+        skip = 0
+        if self._resume is not None:
+            saved_epoch, saved_batches = self._resume
+            self._resume = None
+            if saved_epoch == epoch and saved_batches < len(self):  # a finished epoch resumes at the next one
+                skip = saved_batches
+        if skip and isinstance(sampler, ResumableSampler):
+            sampler.start = skip * int(self.batch_size or 1)
+        self._epoch, self._batches = epoch, skip
+
+
 # --------------------------------------------------------------------------------------------- datamodule
 
 
@@ -322,6 +417,10 @@ class AVQADataModule(L.LightningDataModule):
         num_workers: data loader workers.
         val_limit: keep only the first ``val_limit`` validation samples.
         system_prompt: optional system turn (``None``: the chat template's default).
+
+    The training order is a :class:`ResumableSampler` (seed: ``seed_everything``'s, each rank its shard)
+    and its position is saved in every checkpoint, so ``--ckpt_path last`` continues mid-epoch with the
+    batches the uninterrupted run would have seen.
     """
 
     def __init__(
@@ -364,6 +463,8 @@ class AVQADataModule(L.LightningDataModule):
         self._processor: Any = None
         self.train_dataset: AVQADataset | None = None
         self.val_dataset: AVQADataset | None = None
+        self._train_loader: ResumableDataLoader | None = None
+        self._train_loader_state: dict[str, Any] = {}  # restored from a checkpoint, for the next train loader
 
     @property
     def processor(self) -> Any:
@@ -419,12 +520,46 @@ class AVQADataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def _train_sampler(self, dataset: AVQADataset) -> ResumableSampler:
+        """Each rank its shard, seeded as Lightning seeds the DistributedSampler it injects (PL_GLOBAL_SEED)."""
+        shard = {"num_replicas": 1, "rank": 0}
+        trainer = self.trainer
+        kwargs = trainer.distributed_sampler_kwargs if trainer is not None else None
+        if kwargs:
+            shard = {k: int(kwargs[k]) for k in shard if k in kwargs} or shard
+        return ResumableSampler(dataset, shuffle=True, seed=int(os.getenv("PL_GLOBAL_SEED", 0)), **shard)
+
+    def train_dataloader(self) -> ResumableDataLoader:
         if self.train_dataset is None:
             self.setup("fit")
         if self.train_dataset is None:
             raise ValueError("AVQADataModule: no train_manifest given")
-        return self._loader(self.train_dataset, shuffle=True)
+        loader = ResumableDataLoader(
+            self.train_dataset,
+            batch_size=self.batch_size,
+            sampler=self._train_sampler(self.train_dataset),
+            num_workers=self.num_workers,
+            collate_fn=partial(collate, pad_token_id=self.pad_token_id),
+            persistent_workers=self.num_workers > 0,
+        )
+        if self._train_loader_state:
+            loader.load_state_dict(self._train_loader_state)
+            self._train_loader_state = {}
+        self._train_loader = loader
+        return loader
+
+    def state_dict(self) -> dict[str, Any]:
+        """The train loader's position, also kept here because Lightning 2.6 drops the copy it saves itself
+        when ``configure_optimizers`` reads ``trainer.estimated_stepping_batches`` (Lightning issue #20550)."""
+        return {"train_loader": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Apply the saved position to the train loader (now if it exists, as under DeepSpeed, else when built)."""
+        state = dict(state_dict.get("train_loader") or {})
+        if self._train_loader is not None:
+            self._train_loader.load_state_dict(state)
+        else:
+            self._train_loader_state = state
 
     def val_dataloader(self) -> DataLoader | list:
         if self.val_dataset is None:

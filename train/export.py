@@ -8,18 +8,116 @@ shards beside them). Written:
   or `sift.compress(model, "omnisift", selector=out_dir, retention=...)`;
 - `out_dir/lora/` when LoRA was trained: `adapter_config.json` + `adapter_model.safetensors` in peft's format,
   `peft.PeftModel.from_pretrained(thinker.model.language_model, out_dir / "lora")`.
+
+A checkpoint is data, so every file is unpickled with `torch.load(weights_only=True)`: tensors and plain
+containers only, plus the few record types DeepSpeed pickles into its ZeRO shards (`DEEPSPEED_SAFE_GLOBALS`).
+A pickle that would call anything else (a hostile checkpoint running code on load) is refused with
+`UnsafeCheckpointError` before it runs; DeepSpeed's own loader (which passes `weights_only=False`) is run
+under torch's `TORCH_FORCE_WEIGHTS_ONLY_LOAD` for the same guarantee.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
+import importlib
 import os
+import pickle
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["export", "load_trainable_state"]
+__all__ = [
+    "export",
+    "load_checkpoint",
+    "load_trainable_state",
+    "safe_load",
+    "UnsafeCheckpointError",
+    "DEEPSPEED_SAFE_GLOBALS",
+]
+
+#: Non-tensor types in DeepSpeed's ZeRO optimizer shards (loss scaler, stage enum, fragment record): plain
+#: records whose construction runs no user code, so `weights_only` may rebuild them.
+DEEPSPEED_SAFE_GLOBALS: tuple[str, ...] = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
+
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+_FORCE_NO_WEIGHTS_ONLY = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint whose pickle would call code that is not on the allowlist (refused, nothing was run)."""
+
+
+def _is_refusal(error: Exception) -> bool:
+    """torch's safe unpickler said no (as opposed to a truncated or damaged file)."""
+    return isinstance(error, pickle.UnpicklingError) and "WeightsUnpickler error" in str(error)
+
+
+def _refusal(path: Any, error: Exception) -> UnsafeCheckpointError:
+    """One line naming what the pickle wanted to call (torch's own message spans a page)."""
+    text = str(error)
+    called = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    reason = re.search(r"WeightsUnpickler error: ([^\n]*)", text)
+    if called:
+        what = f"would call {called.group(1)}, which is not tensor or plain data"
+    else:
+        what = f"is not tensor or plain data ({(reason.group(1) if reason else text.strip().splitlines()[-1])[:200]})"
+    return UnsafeCheckpointError(
+        f"refusing to load {path}: its pickle {what}; a checkpoint that runs code on load is not trusted, nothing was run"
+    )
+
+
+def _deepspeed_globals() -> list[Any]:
+    """The classes named in DEEPSPEED_SAFE_GLOBALS that this DeepSpeed version has."""
+    found = []
+    for name in DEEPSPEED_SAFE_GLOBALS:
+        module, _, attr = name.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            continue
+    return found
+
+
+def safe_load(path: str | os.PathLike, *, allow: list[Any] | None = None, mmap: bool = False) -> Any:
+    """`torch.load(path, weights_only=True)` on CPU; `allow`: extra classes to rebuild (see DEEPSPEED_SAFE_GLOBALS).
+
+    Raises UnsafeCheckpointError (a ValueError) for a pickle that would call anything else.
+    """
+    try:
+        with torch.serialization.safe_globals(list(allow or [])):
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        if not _is_refusal(e):
+            raise
+        raise _refusal(path, e) from e
+
+
+@contextlib.contextmanager
+def _weights_only_everywhere(allow: list[Any]) -> Iterator[None]:
+    """Make every `torch.load` in this block safe, also those in third-party code passing `weights_only=False`.
+
+    torch reads TORCH_FORCE_WEIGHTS_ONLY_LOAD at each call, and it overrides an explicit `weights_only=False`.
+    """
+    saved = {k: os.environ.pop(k, None) for k in (_FORCE_WEIGHTS_ONLY, _FORCE_NO_WEIGHTS_ONLY)}
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        with torch.serialization.safe_globals(allow):
+            yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 _LIGHTNING_WRAPPER_PREFIX = "_forward_module."
 
@@ -53,8 +151,17 @@ def _load_deepspeed(path: Path) -> dict[str, Any]:
     model_file = (rank0 or candidates or [None])[0]
     if model_file is None:
         raise FileNotFoundError(f"{tag_dir}: no *_model_states.pt file; not a complete DeepSpeed checkpoint")
-    client = torch.load(model_file, map_location="cpu", weights_only=False, mmap=True)
-    state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag, exclude_frozen_parameters=True)
+    allow = _deepspeed_globals()
+    client = safe_load(model_file, allow=allow, mmap=True)
+    if not isinstance(client, dict):
+        raise ValueError(f"{model_file} is not a DeepSpeed model-states file (not a dict)")
+    try:
+        with _weights_only_everywhere(allow):  # DeepSpeed reads every model-states and optimizer shard itself
+            state = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=tag, exclude_frozen_parameters=True)
+    except pickle.UnpicklingError as e:
+        if not _is_refusal(e):
+            raise ValueError(f"{tag_dir}: a DeepSpeed shard cannot be read: {e}") from e
+        raise _refusal(f"a shard of {tag_dir}", e) from e
     keep = {"sift", "hyper_parameters", "global_step", "epoch", "pytorch-lightning_version"}
     checkpoint = {k: v for k, v in client.items() if k in keep}
     checkpoint["state_dict"] = {_strip(k, _LIGHTNING_WRAPPER_PREFIX): v for k, v in state.items()}
@@ -78,7 +185,9 @@ def load_checkpoint(checkpoint: str | os.PathLike) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"no such checkpoint: {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = safe_load(path)
+    except UnsafeCheckpointError:
+        raise
     except Exception as e:
         raise ValueError(f"{path} is neither a Lightning checkpoint file nor a DeepSpeed checkpoint directory: {e}") from e
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
