@@ -18,7 +18,7 @@ from sift.compressors import (
 )
 from sift.flops import flops, flops_ratio
 from sift.layout import Frame, RowLayout, Segment, TokenLayout, Window, build_layout, layout_of
-from sift.plugin import SUPPORTED_MODELS, CompressionSession, CompressionStats, compress
+from sift.plugin import MODES, SUPPORTED_MODELS, CompressionSession, CompressionStats, compress
 from sift.selector import OmniSIFTConfig, OmniSIFTSelector
 
 __version__ = "0.1.0"
@@ -41,6 +41,7 @@ __all__ = [
     "CompressionSession",
     "CompressionStats",
     "SUPPORTED_MODELS",
+    "MODES",
     "OmniSIFTSelector",
     "OmniSIFTConfig",
     "flops",

@@ -84,12 +84,12 @@ def cache_in(kwargs: Mapping[str, Any]) -> Any:
 
 
 def cache_out(output: Any) -> Any:
-    """The KV cache a model output holds (``output.cache`` from 5.24, ``output.past_key_values`` before)."""
-    for name in CACHE_NAMES:
-        cache = getattr(output, name, None)
-        if cache is not None:
-            return cache
-    return None
+    """The KV cache a model output holds (``output.cache`` from 5.24, ``output.past_key_values`` before).
+
+    Only the installed name is read: from 5.24 ``output.past_key_values`` is a property that logs a
+    deprecation warning, even when there is no cache.
+    """
+    return getattr(output, CACHE_KWARG, None)
 
 
 def language_model(thinker: nn.Module) -> nn.Module:

@@ -364,7 +364,7 @@ class CompressionSession:
         if new_media and any(kwargs.get(k) is not None for k in hf.MEDIA_INPUT_KEYS):
             raise NotImplementedError(
                 "new images, audio or video on top of a compressed KV cache are not supported; "
-                "start a new conversation (no past_key_values) for new media"
+                "start a new conversation (no KV cache) for new media"
             )
         for key in hf.MEDIA_INPUT_KEYS:  # the history's media, passed again by a chat loop: already in the cache
             kwargs.pop(key, None)

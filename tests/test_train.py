@@ -258,6 +258,28 @@ def test_kd_is_zero_without_compression_and_trains_the_selector_with_it(batch):
     assert all(p.grad is None for p in module.model.parameters())
 
 
+def test_mask_mode_gives_the_shrunk_losses_and_a_gradient(batch):
+    """train_mode="mask": same CE and KD values as the shrunk sequence, and the selector gets a gradient."""
+    module = SelectorModule(model="tiny", kd_weight=1.0, train_mode="mask")
+    module.configure_model()
+    module.train()
+    inputs, labels = module._model_inputs(batch), batch["labels"]
+    teacher = module._teacher_logits(inputs, labels)
+    losses = {}
+    for mode in sift.MODES:
+        with sift.compress(module.model, module._compressor(0.3), mode=mode) as session:
+            out = module.model(**inputs, labels=labels)
+        stats = session.stats if mode == "shrink" else None
+        losses[mode] = (out.loss, module._kd_loss(out.logits, stats, inputs["attention_mask"], teacher))
+    for shrunk, masked in zip(losses["shrink"], losses["mask"]):
+        assert masked.item() == pytest.approx(shrunk.item(), rel=1e-4, abs=1e-6)
+    sum(losses["mask"]).backward()
+    assert module.selector.vgas.score_head[2].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in module.model.parameters())
+    with pytest.raises(ValueError, match="train_mode"):
+        SelectorModule(model="tiny", train_mode="drop")
+
+
 def test_overfitting_one_batch_lowers_the_loss(clips, one_thread):
     # Selector and LoRA together: which tokens a random tiny model keeps barely moves its loss (the
     # selector-only loss decrease is checked in test_omnisift), LoRA makes the overfit clear.

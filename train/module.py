@@ -6,7 +6,9 @@
 - A training step draws a retention from `retention_range` (the same value on every rank: the generator
   is seeded with the global step and the micro-batch index), runs the thinker inside `sift.compress` with
   the selector in training mode (straight-through top-k) and takes the answer-token cross-entropy over the
-  kept sequence. With `kd_weight > 0` it adds a KL self-distillation term: the same frozen model (LoRA
+  kept sequence. `train_mode="shrink"` drops the tokens (the published method: only kept tokens get a
+  gradient); `train_mode="mask"` runs the full sequence with dropped tokens masked out of attention
+  (`sift.masked_attention`: the same forward values, and a gradient for every media token). With `kd_weight > 0` it adds a KL self-distillation term: the same frozen model (LoRA
   adapters off) run on the FULL token set is the teacher, compared at the supervised positions (teacher
   logits at the original positions, student logits at the kept positions via `kept_positions`).
 - Validation: greedy `generate` inside `sift.compress` at `val_retention` (selector in eval mode), the
@@ -55,6 +57,13 @@ __all__ = [
 
 #: Where the language model sits inside the LightningModule (`self.model` is the thinker).
 LORA_PREFIX = f"model.{hf.LANGUAGE_MODEL_PATH}."
+
+# The frozen thinker stays in eval mode on purpose (see `SelectorModule.train`); Lightning would say so on
+# every run. Also: a data module without a validation manifest returns no validation loader, on purpose.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+warnings.filterwarnings("ignore", message=r"Total length of `list` across ranks is zero")
+# lightning 2.6's CombinedLoader builds torch's deprecated LeafSpec on every fit; nothing a user can act on.
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -123,6 +132,8 @@ class SelectorModule(L.LightningModule):
         retention_range: (low, high) of the retention drawn uniformly for each training step.
         val_retention: retention used for validation.
         kd_weight / kd_temperature: weight and temperature of the self-distillation KL term (0: off).
+        train_mode: "shrink" (dropped tokens leave the sequence) or "mask" (masked attention, every media
+            token gets gradient); see `sift.compress(mode=...)`.
         lr / weight_decay / warmup_ratio: AdamW and a cosine schedule with linear warmup.
         max_new_tokens: greedy decoding length for validation.
     """
@@ -144,6 +155,7 @@ class SelectorModule(L.LightningModule):
         val_retention: float = 0.35,
         kd_weight: float = 0.0,
         kd_temperature: float = 1.0,
+        train_mode: str = "shrink",
         lr: float = 1e-5,
         weight_decay: float = 0.0,
         warmup_ratio: float = 0.05,
@@ -152,6 +164,8 @@ class SelectorModule(L.LightningModule):
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+        if train_mode not in sift.MODES:
+            raise ValueError(f"train_mode must be one of {sift.MODES}, got {train_mode!r}")
         if finetune not in ("none", "lora"):
             raise ValueError(f"finetune must be 'none' or 'lora', got {finetune!r}")
         lo, hi = (float(x) for x in retention_range)
@@ -363,13 +377,14 @@ class SelectorModule(L.LightningModule):
         teacher = None
         if self.hparams.kd_weight > 0:
             teacher = self._teacher_logits(inputs, labels)
-        with sift.compress(self.model, self._compressor(retention)) as session:
+        with sift.compress(self.model, self._compressor(retention), mode=self.hparams.train_mode) as session:
             out = self.model(**inputs, labels=labels)
         ce = out.loss
         loss = ce
         kd = None
         if teacher is not None:
-            kd = self._kd_loss(out.logits, session.stats, inputs["attention_mask"], teacher)
+            stats = session.stats if self.hparams.train_mode == "shrink" else None  # mask: logits cover the input
+            kd = self._kd_loss(out.logits, stats, inputs["attention_mask"], teacher)
             loss = ce + self.hparams.kd_weight * kd
         if not loss.requires_grad:  # nothing was dropped: no gradient path through the gates
             loss = loss + self._zero_loss()
