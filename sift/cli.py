@@ -100,6 +100,7 @@ def _synthav(args: argparse.Namespace) -> int:
             size=args.size,
             categories=args.categories,
             workers=args.workers,
+            version=args.version,
         )
     except ValueError as e:
         raise UsageError(str(e)) from e
@@ -142,7 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     sa.add_argument("--seed", type=int, default=0)
     sa.add_argument("--min-seconds", type=int, default=6)
     sa.add_argument("--max-seconds", type=int, default=20)
-    sa.add_argument("--size", type=int, default=112, help="frame side in pixels")
+    sa.add_argument("--size", type=int, help="frame side in pixels (default: 112 for version 1, 224 for version 2)")
+    sa.add_argument(
+        "--version", type=int, choices=(1, 2), default=1,
+        help="SynthAV version (2: video-heavy, camera motion, distractors, background sound)",
+    )
     sa.add_argument("--categories", nargs="+", default=["cross-modal", "audio", "video"])
     sa.add_argument("--workers", type=int, help="processes (default: the number of CPUs)")
     sa.set_defaults(func=_synthav)
