@@ -12,7 +12,7 @@ import torch
 import sift
 from sift import hf_internals as hf
 from sift.compressors.omnisift import OmniSIFT
-from sift.masked_attention import MASKED_ATTENTION
+from sift.masked_attention import MASKED_ATTENTION, GatedAttention
 from sift.selector import OmniSIFTSelector
 from sift.tiny import tiny_thinker
 
@@ -26,6 +26,20 @@ class GateSpy(OmniSIFT):
             selection.gate.retain_grad()
         self.last = selection
         return selection
+
+
+def test_fused_gated_attention_matches_the_formula_and_its_gradients():
+    """DynamicViT's masked softmax, p = g e / sum(g e), then @ value; gradients checked numerically, gates at 0 too."""
+    torch.manual_seed(0)
+    B, H, L, D = 2, 3, 6, 4
+    scores = torch.randn(B, H, L, L, dtype=torch.double, requires_grad=True)
+    gate = (torch.rand(B, L, dtype=torch.double) > 0.4).double()
+    gate[:, 0] = 1.0
+    gate.requires_grad_(True)
+    value = torch.randn(B, H, L, D, dtype=torch.double, requires_grad=True)
+    e = (scores - scores.amax(-1, keepdim=True)).exp() * gate[:, None, None, :]
+    torch.testing.assert_close(GatedAttention.apply(scores, gate, value), (e / e.sum(-1, keepdim=True)) @ value)
+    assert torch.autograd.gradcheck(GatedAttention.apply, (scores, gate, value))
 
 
 def _labels(inputs, n=6):
