@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -169,6 +170,16 @@ def test_every_config_parses_against_the_code(path):
         assert tuple(cfg.model.retention_range) == (0.25, 0.5)
         size = "3B" if "3b" in path.stem else "7B"
         assert cfg.model.model == f"Qwen/Qwen2.5-Omni-{size}"
+
+
+def test_selector_training_benchmark_rewrites_the_config_it_documents():
+    """benchmarks/selector_training.sh rewrites these lines with sed: each must exist exactly once."""
+    text = (REPO / "configs" / "synthav-selector.yaml").read_text()
+    script = (REPO / "benchmarks" / "selector_training.sh").read_text()
+    for pattern in (r"^seed_everything: ", r"^  train_mode: ", r"^  lr: "):
+        assert len(re.findall(pattern, text, flags=re.M)) == 1, pattern
+        assert pattern in script
+    assert "runs/selector/run" in text and "runs/selector/synthav" in text
 
 
 def test_a_wrong_key_is_refused(tmp_path):
