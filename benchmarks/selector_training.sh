@@ -5,7 +5,7 @@
 # to every training-free method and the untrained selector. Writes
 # benchmarks/results/selector_training_synthav.{md,json,png} (mean and spread over seeds).
 #
-#   benchmarks/selector_training.sh                 # seeds 0 1 2, variants "mask-1e-3 shrink-1e-4"
+#   benchmarks/selector_training.sh                 # seeds 0 1 2, variants "mask-3e-4 mask-1e-3 shrink-1e-4"
 #   SEEDS="0" VARIANTS="mask-1e-3" benchmarks/selector_training.sh
 #
 # About 4 min (mask) / 1.5 min (shrink) of training and 1.5 min of eval per run, plus 8 min for the
@@ -15,7 +15,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 ROOT=${ROOT:-runs/selector}
 SEEDS=${SEEDS:-"0 1 2"}
-VARIANTS=${VARIANTS:-"mask-1e-3 shrink-1e-4"}
+VARIANTS=${VARIANTS:-"mask-3e-4 mask-1e-3 shrink-1e-4"}
 HELDOUT_SEED=${HELDOUT_SEED:-777}
 RETENTIONS="0.05 0.10 0.15 0.25 0.35"
 EVAL="$PY -m sift eval --manifest $ROOT/heldout/test.jsonl --model checkpoints/tiny-omni --max-new-tokens 2 --retentions $RETENTIONS --quiet --overwrite"
