@@ -60,11 +60,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 import json
 import os
-import resource
 import statistics
 import sys
 import time
@@ -80,7 +78,7 @@ if __package__ in (None, ""):  # run as a script from a checkout without `pip in
 
 import sift  # noqa: E402
 from sift import hf_internals as hf  # noqa: E402
-from sift.bench import machine_info, synthetic_inputs  # noqa: E402
+from sift.bench import PeakMemory, machine_info, synthetic_inputs  # noqa: E402
 from sift.compressors.omnisift import OmniSIFT  # noqa: E402
 from sift.flops import QWEN25_OMNI_7B, omni_thinker_config, random_thinker  # noqa: E402
 from sift.media import synth_clip  # noqa: E402
@@ -168,65 +166,14 @@ def build_case(name: str, args: argparse.Namespace, device: torch.device, dtype:
 
 
 # ----------------------------------------------------------------------------------------------- memory
-def _status_bytes(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _malloc_trim() -> None:
-    """Give freed heap memory back to the OS (glibc), so the RSS before a step is what is really in use."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakMemory:
-    """Peak memory growth over a block: the CUDA allocator's peak, or on CPU the process's peak resident set."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.resettable = True
-        self.peak_bytes = 0
-
-    @property
-    def kind(self) -> str:
-        if self.device.type == "cuda":
-            return "torch.cuda.max_memory_allocated during the step minus memory_allocated before it"
-        if self.resettable:
-            return ("peak RSS during the step (VmHWM, reset via /proc/self/clear_refs) minus RSS before it "
-                    "(after gc.collect and malloc_trim)")
-        return "peak RSS since process start (ru_maxrss; /proc/self/clear_refs not writable) minus RSS before the step"
-
-    def __enter__(self) -> "PeakMemory":
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.before = torch.cuda.memory_allocated(self.device)
-            return self
-        _malloc_trim()
-        try:  # "5" resets the peak RSS (VmHWM) to the current RSS (Linux >= 4.0)
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            self.resettable = False
-        self.before = _status_bytes("VmRSS") or 0
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            hwm = _status_bytes("VmHWM") if self.resettable else None
-            peak = hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        self.peak_bytes = int(peak - self.before)
+def memory_kind(memory: PeakMemory) -> str:
+    """What `peak_mem_bytes` measures, for the results file."""
+    if memory.device.type == "cuda":
+        return "torch.cuda.max_memory_allocated during the step minus memory_allocated before it"
+    if memory.resettable:
+        return ("peak RSS during the step (VmHWM, reset via /proc/self/clear_refs) minus RSS before it "
+                "(after gc.collect and malloc_trim)")
+    return "peak RSS since process start (VmHWM; /proc/self/clear_refs not writable) minus RSS before the step"
 
 
 class SavedTensors:
@@ -323,10 +270,10 @@ def train_step(case: Case, mode: str, retention: float, device: torch.device, wa
 
 def measure(case: Case, mode: str, retention: float, device: torch.device, warm: bool = False) -> dict[str, Any]:
     """A training step with its peak memory growth and the bytes autograd saved for its backward."""
-    with PeakMemory(device) as memory:
+    with PeakMemory(device, trim=True) as memory:
         with SavedTensors(case.model, case.selector) as saved:
             sample = train_step(case, mode, retention, device, warm)
-    sample.update(peak_mem_bytes=memory.peak_bytes, saved_bytes=saved.bytes, memory_kind=memory.kind)
+    sample.update(peak_mem_bytes=memory.peak_bytes, saved_bytes=saved.bytes, memory_kind=memory_kind(memory))
     return sample
 
 
@@ -491,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     log = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     t_start = time.perf_counter()
     info = dict(machine_info(device), nproc=os.cpu_count(), loadavg_start=[round(x, 2) for x in os.getloadavg()])
-    rows, models, memory_kind = [], [], PeakMemory(device).kind
+    rows, models, kind = [], [], memory_kind(PeakMemory(device))
     try:
         for name in args.models:
             n_threads = (args.tiny_threads if name == "tiny" else args.threads) or threads
@@ -507,7 +454,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     info["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     result = dict(
         command=" ".join(["python benchmarks/train_step.py", *(sys.argv[1:] if argv is None else argv)]),
-        device=device.type, dtype=str(dtype).replace("torch.", ""), memory_kind=memory_kind, machine=info,
+        device=device.type, dtype=str(dtype).replace("torch.", ""), memory_kind=kind, machine=info,
         settings=dict(models=args.models, seconds=args.seconds, layers=args.layers, vocab_size=args.vocab_size,
                       retention=args.retention, repeats=args.repeats, warmup=args.warmup,
                       warmup_seconds=args.warmup_seconds, attn=args.attn, threads=args.threads,

@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import gc
 import json
 import os
@@ -133,12 +134,26 @@ def _status_kib(field: str) -> int | None:
     return None
 
 
-class _Memory:
-    """Peak memory of one run: CUDA allocator on GPU, the process's resident set on CPU."""
+def _malloc_trim() -> None:
+    """Give freed heap memory back to the OS (glibc), so the RSS before a run is what is really in use."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
-    def __init__(self, device: torch.device):
+
+class PeakMemory:
+    """Peak memory of one run: CUDA allocator on GPU, the process's resident set on CPU.
+
+    `start()` / `stop()`, or as a context manager (`peak_bytes`: the growth over the block). `trim=True`
+    returns freed heap to the OS first, so the CPU baseline is what is really in use (benchmarks/train_step.py).
+    """
+
+    def __init__(self, device: torch.device, trim: bool = False):
         self.device = device
+        self.trim = trim
         self.resettable = True
+        self.peak_bytes = 0
 
     def start(self) -> None:
         gc.collect()
@@ -148,6 +163,8 @@ class _Memory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.before = torch.cuda.memory_allocated(self.device)
             return
+        if self.trim:
+            _malloc_trim()
         try:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
             Path("/proc/self/clear_refs").write_text("5")
         except OSError:
@@ -162,6 +179,13 @@ class _Memory:
         else:
             peak = (_status_kib("VmHWM") or 0) * 1024
         return int(peak), int(peak - self.before)
+
+    def __enter__(self) -> "PeakMemory":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.peak_bytes = self.stop()[1]
 
     @property
     def kind(self) -> str:
@@ -401,7 +425,7 @@ def _compressor(name: str, retention: float, model: Any, selector: str | None) -
     return sift.get_compressor(name, retention=retention, **extra)
 
 
-def _run_once(model: Any, inputs: dict[str, Any], compressor: Any, new_tokens: int, device: torch.device, memory: _Memory) -> dict[str, Any]:
+def _run_once(model: Any, inputs: dict[str, Any], compressor: Any, new_tokens: int, device: torch.device, memory: PeakMemory) -> dict[str, Any]:
     import sift
 
     session_ctx = sift.compress(model, compressor) if compressor is not None else contextlib.nullcontext()
@@ -529,7 +553,7 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     scale = T_full / desc["layers_built"] if desc.get("layers_real") else 1.0
     configs: list[tuple[str, float]] = [("full", 1.0)] + [(mth, float(r)) for mth in methods for r in args.retentions]
     compressors = {(mth, r): _compressor(mth, r, model, args.selector) for mth, r in configs if mth != "full"}
-    memory = _Memory(device)
+    memory = PeakMemory(device)
     info = machine_info(device)
 
     progress = None
