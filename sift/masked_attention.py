@@ -12,7 +12,7 @@ computes exactly what it computes in the shrunk sequence (survivors keep their 3
 d p_ij / d g_j = exp(s_ij) / Z_i is the effect of letting token j back in, also where g_j = 0.
 
 Cost: the language model runs on the full sequence with an eager-style attention (an L x L weight matrix
-per head, in float32), whatever attention implementation the model was loaded with: one such matrix per
+per head, in float32 (float64 for a float64 model)), whatever attention implementation the model was loaded with: one such matrix per
 layer is kept for the backward (`GatedAttention` fuses the gated softmax with the value product), so memory
 grows with L^2 per layer. The encoders keep their own implementation.
 """
@@ -80,15 +80,16 @@ def masked_attention(
     groups = query.shape[1] // key.shape[1]
     key = key.repeat_interleave(groups, dim=1)
     value = value.repeat_interleave(groups, dim=1)
-    scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * scaling
+    dtype = torch.promote_types(query.dtype, torch.float32)  # float32 for half types, float64 stays exact
+    scores = torch.matmul(query.to(dtype), key.to(dtype).transpose(2, 3)) * scaling
     if attention_mask is not None:
-        scores = scores + attention_mask[..., : key.shape[-2]].float()
+        scores = scores + attention_mask[..., : key.shape[-2]].to(dtype)
     gate = _GATE.get()
     if gate is None:
         gate = scores.new_ones(query.shape[0], key.shape[-2])
     elif gate.shape != (query.shape[0], key.shape[-2]):
         raise RuntimeError(f"key gates of shape {tuple(gate.shape)} for keys of shape {tuple(key.shape)}")
-    out = GatedAttention.apply(scores, gate.float(), value)
+    out = GatedAttention.apply(scores, gate.to(dtype), value)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -111,6 +111,10 @@ class CompressionSession:
         self.mode = mode
         self._gates = contextlib.ExitStack()  # the masked-attention gates of the language-model call in flight
         self.stats: CompressionStats | None = None
+        #: the last prefill's layout and selection (its `scores` carry gradient when a selector trains);
+        #: what training losses on the selection read
+        self.layout: TokenLayout | None = None
+        self.selection: Selection | None = None
         self.history: list[CompressionStats] = []
         self.signals: dict[str, Any] = {}
         self._handles: list[RemovableHandle] = []
@@ -241,6 +245,7 @@ class CompressionSession:
         )
         selection = self.compressor.select(batch)
         self._check(selection, batch)
+        self.layout, self.selection = p.layout, selection
         if selection.embeds is not None:
             embeds = selection.embeds
         valid = mask.bool()

@@ -172,11 +172,12 @@ def test_every_config_parses_against_the_code(path):
         assert cfg.model.model == f"Qwen/Qwen2.5-Omni-{size}"
 
 
-def test_selector_training_benchmark_rewrites_the_config_it_documents():
-    """benchmarks/selector_training.sh rewrites these lines with sed: each must exist exactly once."""
-    text = (REPO / "configs" / "synthav-selector.yaml").read_text()
+@pytest.mark.parametrize("name", ["synthav-selector.yaml", "synthav-v2-selector.yaml"])
+def test_selector_training_benchmark_rewrites_the_config_it_documents(name):
+    """benchmarks/selector_training.sh rewrites (and reads) these lines with sed: each must exist exactly once."""
+    text = (REPO / "configs" / name).read_text()
     script = (REPO / "benchmarks" / "selector_training.sh").read_text()
-    for pattern in (r"^seed_everything: ", r"^  train_mode: ", r"^  lr: "):
+    for pattern in (r"^seed_everything: ", r"^  train_mode: ", r"^  lr: ", r"^  importance_weight: ", r"^  model: "):
         assert len(re.findall(pattern, text, flags=re.M)) == 1, pattern
         assert pattern in script
     assert "runs/selector/run" in text and "runs/selector/synthav" in text

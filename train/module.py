@@ -10,7 +10,10 @@
   gradient); `train_mode="mask"` runs the full sequence with dropped tokens masked out of attention
   (`sift.masked_attention`: the same forward values, and a gradient for every media token). With `kd_weight > 0` it adds a KL self-distillation term: the same frozen model (LoRA
   adapters off) run on the FULL token set is the teacher, compared at the supervised positions (teacher
-  logits at the original positions, student logits at the kept positions via `kept_positions`).
+  logits at the original positions, student logits at the kept positions via `kept_positions`). With
+  `importance_weight > 0` it adds importance distillation (`train.importance`): the frozen full-token
+  model's first-order effect of dropping each media token on the answer, as a ranking target for the
+  selector's scores, for every media token whatever the mode.
 - Validation: greedy `generate` inside `sift.compress` at `val_retention` (selector in eval mode), the
   reply's option letter extracted as in the reference evaluations, accuracy overall (`val/acc`) and per
   category (`val/acc/<category>`), all synchronised across ranks by torchmetrics.
@@ -44,6 +47,7 @@ from sift.compressors.omnisift import OmniSIFT
 from sift.manifest import extract_letter
 from sift.selector import OmniSIFTConfig, OmniSIFTSelector
 from train.data import MODEL_KEYS
+from train.importance import gate_importance, ranking_loss, selection_groups
 
 __all__ = [
     "SelectorModule",
@@ -132,6 +136,9 @@ class SelectorModule(L.LightningModule):
         retention_range: (low, high) of the retention drawn uniformly for each training step.
         val_retention: retention used for validation.
         kd_weight / kd_temperature: weight and temperature of the self-distillation KL term (0: off).
+        importance_weight / importance_temperature: weight and target temperature of the importance
+            distillation term (`train.importance`: the full-token frozen model's d log p(answer) / d gate of
+            every media token, as a listwise ranking target for the selector's scores; 0: off).
         train_mode: "shrink" (dropped tokens leave the sequence) or "mask" (masked attention, every media
             token gets gradient); see `sift.compress(mode=...)`.
         lr / weight_decay / warmup_ratio: AdamW and a cosine schedule with linear warmup.
@@ -155,6 +162,8 @@ class SelectorModule(L.LightningModule):
         val_retention: float = 0.35,
         kd_weight: float = 0.0,
         kd_temperature: float = 1.0,
+        importance_weight: float = 0.0,
+        importance_temperature: float = 1.0,
         train_mode: str = "shrink",
         lr: float = 1e-5,
         weight_decay: float = 0.0,
@@ -175,6 +184,10 @@ class SelectorModule(L.LightningModule):
             raise ValueError(f"val_retention must be in (0, 1], got {val_retention}")
         if kd_weight < 0 or kd_temperature <= 0:
             raise ValueError(f"need kd_weight >= 0 and kd_temperature > 0, got {kd_weight}, {kd_temperature}")
+        if importance_weight < 0 or importance_temperature <= 0:
+            raise ValueError(
+                f"need importance_weight >= 0 and importance_temperature > 0, got {importance_weight}, {importance_temperature}"
+            )
         if not (0.0 <= warmup_ratio < 1.0):
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
         if finetune == "lora" and not lora_targets:
@@ -377,15 +390,24 @@ class SelectorModule(L.LightningModule):
         teacher = None
         if self.hparams.kd_weight > 0:
             teacher = self._teacher_logits(inputs, labels)
-        with sift.compress(self.model, self._compressor(retention), mode=self.hparams.train_mode) as session:
+        importance = None
+        if self.hparams.importance_weight > 0:
+            with self._adapters_disabled():
+                importance = gate_importance(self.model, inputs, labels)
+        compressor = self._compressor(retention)
+        with sift.compress(self.model, compressor, mode=self.hparams.train_mode) as session:
             out = self.model(**inputs, labels=labels)
         ce = out.loss
         loss = ce
-        kd = None
+        kd = rank = None
         if teacher is not None:
             stats = session.stats if self.hparams.train_mode == "shrink" else None  # mask: logits cover the input
             kd = self._kd_loss(out.logits, stats, inputs["attention_mask"], teacher)
-            loss = ce + self.hparams.kd_weight * kd
+            loss = loss + self.hparams.kd_weight * kd
+        if importance is not None and session.selection is not None:
+            groups = selection_groups(session.layout, compressor.audio_rule)
+            rank = ranking_loss(session.selection.scores, importance, groups, self.hparams.importance_temperature)
+            loss = loss + self.hparams.importance_weight * rank
         if not loss.requires_grad:  # nothing was dropped: no gradient path through the gates
             loss = loss + self._zero_loss()
         if scale != 1.0:
@@ -394,6 +416,8 @@ class SelectorModule(L.LightningModule):
         self.log("train/ce", ce.detach(), on_step=True, batch_size=n)
         if kd is not None:
             self.log("train/kd", kd.detach(), on_step=True, batch_size=n)
+        if rank is not None:
+            self.log("train/rank", rank.detach(), on_step=True, batch_size=n)
         self.log("train/retention", retention, on_step=True, batch_size=n)
         kept = session.stats.retention if session.stats is not None else 1.0
         self.log("train/kept", float(kept), on_step=True, batch_size=n)

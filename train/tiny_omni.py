@@ -59,6 +59,9 @@ class TinyOmniConfig:
     data_seed: int = 0
     min_seconds: int = 6
     max_seconds: int = 20
+    #: SynthAV version of the generated data (:mod:`sift.synthav`); 2 raises the processor's pixel budget
+    #: to the folder's ``video_max_pixels`` and adds version 2's questions to the tokenizer's corpus
+    synthav_version: int = 1
     # model
     hidden_size: int = 128
     num_layers: int = 4
@@ -110,11 +113,12 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Ti
 # ------------------------------------------------------------------------------------------------ model
 
 
-def build_tokenizer_and_processor() -> tuple[Any, Any]:
+def build_tokenizer_and_processor(version: int = 1) -> tuple[Any, Any]:
+    """A tokenizer trained on SynthAV ``version``'s vocabulary and the tiny processor around it."""
     from sift.synthav import vocabulary_texts
     from sift.tiny import tiny_processor, tiny_tokenizer
 
-    tok = tiny_tokenizer(vocabulary_texts())
+    tok = tiny_tokenizer(vocabulary_texts(version))
     return tok, tiny_processor(tok)
 
 
@@ -440,12 +444,26 @@ def ensure_data(cfg: TinyOmniConfig) -> dict[str, Path]:
     """The SynthAV manifests under ``cfg.data_dir``, generated (resumably) when missing."""
     from sift.synthav import generate
 
+    from sift.synthav import read_settings
+
     root = Path(cfg.data_dir)
+    settings = read_settings(root)
+    if settings is not None and settings["version"] != cfg.synthav_version:
+        raise ValueError(
+            f"{root} holds SynthAV version {settings['version']} clips but synthav_version={cfg.synthav_version}"
+        )
     wanted = {"train": cfg.train_clips, "validation": cfg.validation_clips, "test": cfg.test_clips}
     paths = {k: root / f"{k}.jsonl" for k in wanted}
     missing = {k: n for k, n in wanted.items() if n > 0 and not paths[k].is_file()}
     if missing:
-        generate(root, missing, seed=cfg.data_seed, min_seconds=cfg.min_seconds, max_seconds=cfg.max_seconds)
+        generate(
+            root,
+            missing,
+            seed=cfg.data_seed,
+            min_seconds=cfg.min_seconds,
+            max_seconds=cfg.max_seconds,
+            version=cfg.synthav_version,
+        )
     return {k: p for k, p in paths.items() if p.is_file()}
 
 
@@ -453,6 +471,7 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
     """Generate/cache data, train, evaluate on test and save the checkpoint folder; returns the metrics."""
     from tqdm import tqdm
 
+    from sift.synthav import configure_processor, read_settings
     from train.data import collate
 
     if cfg.threads:
@@ -466,7 +485,9 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
         processor = Qwen2_5OmniProcessor.from_pretrained(cfg.init_from)
         tok = processor.tokenizer
     else:
-        tok, processor = build_tokenizer_and_processor()
+        tok, processor = build_tokenizer_and_processor(cfg.synthav_version)
+    # version 2 frames need a larger per-frame pixel budget; save_pretrained records it with the processor
+    configure_processor(processor, read_settings(cfg.data_dir))
     model = build_model(cfg, tok)
     if cfg.init_from:
         from transformers import Qwen2_5OmniThinkerForConditionalGeneration

@@ -12,7 +12,8 @@ the reference's rule and ratios (chunk, 0.3 / 0.7), used when neither is given.
 
 In training mode (the selector in `.train()` and grad enabled) both top-k's are straight-through: the
 selection carries gates whose value is exactly the keep decision and whose gradient flows through the
-soft scores. The plug-in multiplies the kept embeddings by them (the published method's signal: kept tokens
+soft scores, and `Selection.scores` are the differentiable scores themselves (what a ranking loss such as
+the training app's importance distillation trains). The plug-in multiplies the kept embeddings by them (the published method's signal: kept tokens
 only) or, with `sift.compress(..., mode="mask")`, every attention key (`sift.masked_attention`: dropped
 tokens get gradient too), so the LM loss trains the selector while the decoder computes what it computes
 at inference.
@@ -161,7 +162,7 @@ class OmniSIFT(Compressor):
                 score = self.selector.video_scores(tokens, spatial, temporal, base)
                 hard, g = self._gate(score, k, training)
                 keep[b, pos[hard]] = True
-                scores[b, pos] = score.detach()
+                scores[b, pos] = score  # differentiable in training (ranking losses)
                 if gate is not None:
                     gate[b, pos] = g
                 parts.append(pos[hard])
@@ -182,7 +183,7 @@ class OmniSIFT(Compressor):
             for pos, lg, k in zip(positions.split(sizes), logits.split(sizes), budgets):
                 hard, g = self._gate(lg, k, training)
                 keep[b, pos[hard]] = True
-                scores[b, pos] = lg.detach()
+                scores[b, pos] = lg
                 if gate is not None:
                     gate[b, pos] = g
 
