@@ -136,6 +136,37 @@ def test_smoke_training_writes_a_loadable_checkpoint(synthav, tmp_path):
     ]("A red circle", add_special_tokens=False)["input_ids"]
 
 
+def test_version_2_config_continues_tiny_omni_with_the_same_dimensions():
+    v1 = load_config(str(REPO / "configs" / "tiny-omni.yaml"))
+    v2 = load_config(str(REPO / "configs" / "tiny-omni-v2.yaml"))
+    assert v2.synthav_version == 2 and v2.init_from == v1.out_dir and v2.out_dir == "checkpoints/tiny-omni-v2"
+    same = ("hidden_size", "num_layers", "intermediate_size", "audio", "vision", "train_clips", "batch_size")
+    assert {k: getattr(v2, k) for k in same} == {k: getattr(v1, k) for k in same}
+    assert v2.data_dir != v1.data_dir  # a version 1 folder is refused by version 2 settings
+
+
+def test_version_2_training_refuses_v1_data_and_saves_the_v2_pixel_budget(synthav, tmp_path):
+    from transformers import Qwen2_5OmniProcessor
+
+    from sift.processing import video_size
+    from sift.synthav import read_settings
+
+    small = dict(hidden_size=32, num_layers=1, intermediate_size=64, batch_size=2, warmup_steps=1, threads=1)
+    small["audio"] = {"d_model": 16, "encoder_ffn_dim": 32, "encoder_attention_heads": 2, "encoder_layers": 1}
+    small["vision"] = {"hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "depth": 1}
+    with pytest.raises(ValueError, match="version 1 clips but synthav_version=2"):
+        train(TinyOmniConfig(data_dir=str(synthav), synthav_version=2, **small), max_steps=1, progress=False)
+    root = tmp_path / "v2"
+    generate(root, {"train": 1, "test": 1}, min_seconds=6, max_seconds=6, workers=1, progress=False, version=2)
+    cfg = TinyOmniConfig(
+        data_dir=str(root), synthav_version=2, validation_clips=0, out_dir=str(tmp_path / "ckpt"), **small
+    )
+    result = train(cfg, max_steps=1, progress=False)
+    assert result["test"]["n"] == 3
+    saved = Qwen2_5OmniProcessor.from_pretrained(cfg.out_dir)
+    assert video_size(saved)["longest_edge"] >= read_settings(root)["video_max_pixels"]
+
+
 # ----------------------------------------------------------------------------------- shipped checkpoints
 
 
