@@ -11,7 +11,9 @@
 #     OUT=benchmarks/results/selector_training_synthav_v2 VARIANTS="mask-3e-4+rank0 mask-3e-4+rank1" \
 #     benchmarks/selector_training.sh
 #
-# A variant is MODE-LR or MODE-LR+rankW (importance_weight W; without it the config's value holds).
+# A variant is MODE-LR plus optional +flags: +rankW (importance_weight W; without it the config's value
+# holds), +noguide (selector without visual guidance: audio scored from audio alone), +nores (video by the
+# parameter-free STVP, no learned residual).
 # v1: about 4 min (mask) / 1.5 min (shrink) of training and 1.5 min of eval per run, plus 8 min for the
 # training-free methods, on 2 CPU cores with nothing else running; v2's sequences are about twice as long.
 set -euo pipefail
@@ -33,15 +35,19 @@ $PY -m sift synthav "$ROOT/heldout" --test 60 --seed "$HELDOUT_SEED" --version "
 $PY -c "from transformers import AutoConfig; import sift; sift.OmniSIFTSelector.from_config(AutoConfig.from_pretrained('$MODEL')).save_pretrained('$ROOT/untrained')"
 
 for variant in $VARIANTS; do
-    base=${variant%%+*}
-    rank=${variant#"$base"}
+    IFS=+ read -r base flags <<< "$variant"
     mode=${base%%-*}
     lr=${base#*-}
     edits=(-e "s#runs/selector/run#$ROOT/$variant-seedSEED#g; s#runs/selector/synthav#$ROOT/synthav#"
            -e "s#^  train_mode: .*#  train_mode: $mode#; s#^  lr: .*#  lr: $lr#")
-    if [ -n "$rank" ]; then
-        edits+=(-e "s#^  importance_weight: .*#  importance_weight: ${rank#+rank}#")
-    fi
+    for flag in ${flags//+/ }; do
+        case $flag in
+            rank*) edits+=(-e "s#^  importance_weight: .*#  importance_weight: ${flag#rank}#") ;;
+            noguide) edits+=(-e "s#^    init: omnizip\$#&\n    visual_guidance: false#") ;;
+            nores) edits+=(-e "s#^    init: omnizip\$#&\n    stvp_residual: false#") ;;
+            *) echo "unknown variant flag '$flag' in $variant (rankW, noguide, nores)" >&2; exit 2 ;;
+        esac
+    done
     for seed in $SEEDS; do
         run="$variant-seed$seed"
         sed "${edits[@]}" -e "s#seedSEED#seed$seed#g; s#^seed_everything: .*#seed_everything: $seed#" "$CONFIG" > "$ROOT/$run.yaml"

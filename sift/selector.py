@@ -51,6 +51,9 @@ class OmniSIFTConfig(PretrainedConfig):
         gumbel: add Gumbel noise to the scores before top-k while training (exploration).
         audio_topk: "clip" (top-k over each audio clip, sift's default) or "chunk" (per 2 s window, the
             published OmniSIFT's `compression_units` rule); the compressor's `audio_topk` overrides it.
+        visual_guidance: False scores audio from the audio alone (VGAS attends to no video; the paper's
+            "without visual guidance" ablation).
+        stvp_residual: False keeps video selection the parameter-free STVP (no learned residual; ablation).
         rho_audio / rho_video: the selector's own operating point as prune ratios (fraction dropped per
             window / per frame), used when the compressor gets no retention; `from_published` sets the
             reference's 0.3 / 0.7. None: a retention must be given.
@@ -74,6 +77,8 @@ class OmniSIFTConfig(PretrainedConfig):
         audio_topk: str = "clip",
         rho_audio: float | None = None,
         rho_video: float | None = None,
+        visual_guidance: bool = True,
+        stvp_residual: bool = True,
         **kwargs: Any,
     ):
         if init not in ("omnizip", "random"):
@@ -103,6 +108,8 @@ class OmniSIFTConfig(PretrainedConfig):
         self.audio_topk = audio_topk
         self.rho_audio = rho_audio
         self.rho_video = rho_video
+        self.visual_guidance = bool(visual_guidance)
+        self.stvp_residual = bool(stvp_residual)
         super().__init__(**kwargs)
 
 
@@ -207,6 +214,8 @@ class OmniSIFTSelector(PreTrainedModel):
     ) -> torch.Tensor:
         """VGAS logits for padded windows, plus log OmniZip saliency when the prior is on."""
         dtype = self.vgas.a_proj.weight.dtype
+        if not self.config.visual_guidance:
+            video, video_mask = video[:, :0], video_mask[:, :0]
         logits = self.vgas(audio.to(dtype), video.to(dtype), audio_mask, video_mask).float()
         if self.config.audio_prior == "omnizip":
             if prior is None:
@@ -216,6 +225,8 @@ class OmniSIFTSelector(PreTrainedModel):
 
     def video_scores(self, tokens: torch.Tensor, spatial: torch.Tensor, temporal: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
         """STVP saliency `base` plus the learned residual, for one frame."""
+        if not self.config.stvp_residual:
+            return base.float()
         dtype = self.stvp.proj.weight.dtype
         residual = self.stvp(tokens.to(dtype), spatial.to(dtype), temporal.to(dtype)).float()
         return base.float() + residual

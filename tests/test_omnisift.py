@@ -138,6 +138,26 @@ def test_omnizip_init_reproduces_training_free_selection(thinker, synth_inputs, 
     assert stats.audio_after[0] + stats.video_after[0] == keep_count(n, retention)
 
 
+def test_ablation_switches_remove_exactly_their_part():
+    """visual_guidance=False: audio scores ignore the video; stvp_residual=False: video scores are STVP's."""
+    torch.manual_seed(0)
+    on = OmniSIFTSelector(OmniSIFTConfig(hidden_size=32, init="random", vgas_dim=16, vgas_heads=2, score_dim=8))
+    torch.nn.init.normal_(on.stvp.mlp[2].weight)
+    off = OmniSIFTSelector(OmniSIFTConfig(**{**on.config.to_dict(), "visual_guidance": False, "stvp_residual": False}))
+    off.load_state_dict(on.state_dict())
+    audio, video = torch.randn(2, 5, 32), torch.randn(2, 7, 32)
+    a_mask, v_mask = torch.ones(2, 5, dtype=torch.bool), torch.ones(2, 7, dtype=torch.bool)
+    with torch.no_grad():
+        guided = [on.audio_logits(audio, v, a_mask, v_mask) for v in (video, -video)]
+        alone = [off.audio_logits(audio, v, a_mask, v_mask) for v in (video, -video)]
+        torch.testing.assert_close(alone[0], alone[1])
+        torch.testing.assert_close(alone[0], on.audio_logits(audio, video[:, :0], a_mask, v_mask[:, :0]))
+        assert not torch.allclose(guided[0], guided[1])
+        tokens, spatial, temporal = torch.randn(6, 32), torch.rand(6), torch.rand(6)
+        assert torch.equal(off.video_scores(tokens, spatial, temporal, temporal), temporal)
+        assert not torch.equal(on.video_scores(tokens, spatial, temporal, temporal), temporal)
+
+
 def test_hidden_size_mismatch_names_both_sizes(thinker, synth_inputs):
     wrong = OmniSIFTSelector(OmniSIFTConfig(hidden_size=3584))
     with pytest.raises(ValueError, match="hidden size 3584.*hidden size is 64"):

@@ -177,7 +177,7 @@ def test_selector_training_benchmark_rewrites_the_config_it_documents(name):
     """benchmarks/selector_training.sh rewrites (and reads) these lines with sed: each must exist exactly once."""
     text = (REPO / "configs" / name).read_text()
     script = (REPO / "benchmarks" / "selector_training.sh").read_text()
-    for pattern in (r"^seed_everything: ", r"^  train_mode: ", r"^  lr: ", r"^  importance_weight: ", r"^  model: "):
+    for pattern in (r"^seed_everything: ", r"^  train_mode: ", r"^  lr: ", r"^  importance_weight: ", r"^  model: ", r"^    init: omnizip"):
         assert len(re.findall(pattern, text, flags=re.M)) == 1, pattern
         assert pattern in script
     assert "runs/selector/run" in text and "runs/selector/synthav" in text
