@@ -17,6 +17,9 @@ thinker is frozen with ``requires_grad_(False)`` and in eval mode; the selector 
   eager-style masked attention in float32, whatever ``--attn`` says: (heads, L, L) float32 weights per layer,
   several of them kept for the backward, so expect memory ~ L^2 per layer (and per layer built: x 28 / K
   for the real depth).
+* ``mask+rank``: ``mask`` plus importance distillation (:mod:`train.importance`): first the teacher, the
+  frozen model on all tokens through masked attention with every gate at 1, forward + backward to the gates
+  (counted in the forward time), then the ``mask`` step with the listwise ranking loss added.
 * ``full``: no sift. The frozen model on all tokens, forward with labels + backward, with the gradient flowing
   to the input-embedding output only (a forward hook on ``get_input_embeddings()`` turns its output into a leaf
   that requires grad), so the backward runs through the whole LLM as in the other two: the reference cost of
@@ -83,8 +86,9 @@ from sift.compressors.omnisift import OmniSIFT  # noqa: E402
 from sift.flops import QWEN25_OMNI_7B, omni_thinker_config, random_thinker  # noqa: E402
 from sift.media import synth_clip  # noqa: E402
 from sift.tiny import omni_inputs, tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer  # noqa: E402
+from train.importance import gate_importance, ranking_loss, selection_groups  # noqa: E402
 
-MODES = ("full", "shrink", "mask")
+MODES = ("full", "shrink", "mask", "mask+rank")
 MODELS = ("tiny", "7b")
 LABELED_TOKENS = 8  # labels on the last positions of the input; logits (and lm_head) cover every position anyway
 QUESTION = "What is the person saying while the dog jumps?"
@@ -249,15 +253,20 @@ def train_step(case: Case, mode: str, retention: float, device: torch.device, wa
     leaves: list[torch.Tensor] = []
     tokens: list[int] = []
     with contextlib.ExitStack() as stack:
+        t0 = _now(device)
+        importance = gate_importance(case.model, inputs, labels) if mode.endswith("+rank") else None
+        compressor = OmniSIFT(retention=retention, selector=case.selector)
         if mode == "full":
             stack.enter_context(input_embeds_leaf(case.model, leaves))
         else:
-            stack.enter_context(sift.compress(case.model, OmniSIFT(retention=retention, selector=case.selector), mode=mode))
-        stack.enter_context(llm_tokens(case.model, tokens))
-        t0 = _now(device)
+            session = stack.enter_context(sift.compress(case.model, compressor, mode=mode.removesuffix("+rank")))
+        stack.enter_context(llm_tokens(case.model, tokens))  # after sift's hook: the tokens the LLM runs on
         out = case.model(**inputs, labels=labels, use_cache=False)
+        loss = out.loss
+        if importance is not None:
+            groups = selection_groups(session.layout, compressor.audio_rule)
+            loss = loss + ranking_loss(session.selection.scores, importance, groups)
         t1 = _now(device)
-    loss = out.loss
     loss.backward()
     t2 = _now(device)
     grads = [t.grad for t in leaves] if mode == "full" else [p.grad for p in case.selector.parameters()]

@@ -29,9 +29,9 @@ def test_tiny_train_step_table(train_step, tmp_path):
     result = train_step.main(["--models", "tiny", "--seconds", "4", "--repeats", "1", "--warmup", "0",
                               "--out", str(tmp_path), "--quiet"])
     rows = {r["mode"]: r for r in result["rows"]}
-    assert list(rows) == ["full", "shrink", "mask"]
+    assert list(rows) == ["full", "shrink", "mask", "mask+rank"]
     seq_len = result["models"][0]["seq_len"]
-    for mode in ("full", "shrink", "mask"):
+    for mode in rows:
         r = rows[mode]
         assert f"| tiny | {mode} | {r['llm_tokens']} |" in result["markdown"]
         assert 0 < r["step_s"] < 60 and math.isclose(r["step_s"], r["forward_s"] + r["backward_s"], rel_tol=1e-6)
@@ -40,8 +40,10 @@ def test_tiny_train_step_table(train_step, tmp_path):
     assert rows["full"]["llm_tokens"] == rows["mask"]["llm_tokens"] == seq_len  # mask runs the full sequence
     assert rows["shrink"]["llm_tokens"] < 0.6 * seq_len  # r = 0.25 of the media, plus the text
     assert rows["mask"]["loss"] == pytest.approx(rows["shrink"]["loss"], abs=1e-4)  # same kept tokens, same loss
+    assert rows["mask+rank"]["loss"] > rows["mask"]["loss"]  # plus the (positive) ranking term
+    assert rows["mask+rank"]["llm_tokens"] == seq_len
     assert rows["mask"]["saved_bytes"] > rows["full"]["saved_bytes"]  # (heads, L, L) float32 weights per layer
     assert rows["full"]["time_ratio"] == 1.0
     saved = json.loads((tmp_path / "train_step_cpu.json").read_text())
-    assert [r["mode"] for r in saved["rows"]] == ["full", "shrink", "mask"] and saved["machine"]["loadavg_start"]
+    assert [r["mode"] for r in saved["rows"]] == ["full", "shrink", "mask", "mask+rank"] and saved["machine"]["loadavg_start"]
     assert (tmp_path / "train_step_cpu.md").read_text() == result["markdown"]
