@@ -193,6 +193,38 @@ def test_shipped_tiny_omni_loads_and_answers_fresh_synthav_clips(tmp_path):
     assert row["accuracy"] >= 0.75, row
 
 
+def test_shipped_tiny_omni_v2_answers_fresh_v2_clips_with_its_pixel_budget(tmp_path):
+    """checkpoints/tiny-omni-v2 reads SynthAV v2 frames whole (its processor carries v2's pixel budget: 64
+    video tokens per second, over 70% of the media) and answers questions it never saw."""
+    from transformers import Qwen2_5OmniProcessor
+
+    from sift.evaluate import run_eval
+    from sift.processing import video_size
+    from sift.synthav import read_settings
+
+    checkpoint = REPO / "checkpoints" / "tiny-omni-v2"
+    assert (checkpoint / "model.safetensors").is_file(), "python -m train tiny-omni --config configs/tiny-omni-v2.yaml"
+    generate(tmp_path / "data", {"test": 6}, seed=123, workers=1, progress=False, version=2)
+    processor = Qwen2_5OmniProcessor.from_pretrained(checkpoint)
+    assert video_size(processor)["longest_edge"] >= read_settings(tmp_path / "data")["video_max_pixels"]
+    result = run_eval(
+        manifest=str(tmp_path / "data" / "test.jsonl"),
+        model=str(checkpoint),
+        methods=["none"],
+        max_new_tokens=2,
+        out=str(tmp_path / "eval"),
+        quiet=True,
+        threads=1,
+    )
+    (row,) = result["results"]
+    assert row["n"] == 18 and row["no_letter"] == 0
+    assert row["accuracy"] >= 0.75, row
+    prefix = ClipCache(tmp_path / "data" / "test.jsonl", processor, progress=False).clips[0]["prefix"]
+    video = int((prefix == processor.tokenizer.convert_tokens_to_ids("<|VIDEO|>")).sum())
+    audio = int((prefix == processor.tokenizer.convert_tokens_to_ids("<|AUDIO|>")).sum())
+    assert video > 0.7 * (video + audio), (video, audio)
+
+
 def test_demo_config_points_at_the_shipped_model_and_selector():
     """configs/demo.yaml trains in front of checkpoints/tiny-omni; the committed demo selector matches it."""
     import yaml

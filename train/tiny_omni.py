@@ -605,25 +605,29 @@ def save(model: torch.nn.Module, processor: Any, cfg: TinyOmniConfig, result: di
 
 
 def model_card(result: dict[str, Any]) -> str:
+    from sift.synthav import DEFAULT_SIZE
+
     cfg = result["config"]
     test = result.get("test") or {}
     rows = "\n".join(f"| {k} | {v * 100:.1f} |" for k, v in (test.get("per_category") or {}).items())
-    continued = f", continuing from `{cfg['init_from']}` (see its training.json)" if cfg.get("init_from") else ""
-    return f"""# tiny-omni
+    version = int(cfg.get("synthav_version", 1))
+    side = DEFAULT_SIZE[version]
+    how = f"continued from `{cfg['init_from']}` (see its training.json)" if cfg.get("init_from") else "from scratch"
+    return f"""# tiny-omni{'' if version == 1 else f' (SynthAV v{version})'}
 
 A {result['parameters'] / 1e6:.2f}M-parameter `Qwen2_5OmniThinkerForConditionalGeneration` (the real transformers
-class) trained from scratch on SynthAV (`sift.synthav`) by `python -m train tiny-omni --config configs/tiny-omni.yaml`.
+class) trained on SynthAV version {version} (`sift.synthav`) by `python -m train tiny-omni`, {how}.
 It exists so that sift's demo, tests and selector training have a model that actually uses its audio and video
 tokens, on a machine that cannot download Qwen2.5-Omni. It knows nothing but SynthAV.
 
 - Text model: hidden {cfg['hidden_size']}, {cfg['num_layers']} layers, MLP {cfg['intermediate_size']}; audio encoder
   {cfg['audio']}; vision encoder {cfg['vision']}. Tokenizer: byte-level BPE trained offline on SynthAV's
   vocabulary with Qwen2.5-Omni's special tokens and chat template. Processor: the real `Qwen2_5OmniProcessor`
-  (112x112 frames at 2 fps: 16 video tokens per second; 25 audio tokens per second).
+  ({side}x{side} frames at 2 fps: {(side // 28) ** 2} video tokens per second; 25 audio tokens per second).
 - Data: SynthAV seed {cfg['data_seed']}, {result['train_clips']} training clips of {cfg['min_seconds']}-{cfg['max_seconds']} s
   (3 questions each, asked as consecutive chat turns).
 - Training: {result['steps']} steps ({result['epochs']:.1f} epochs) of {cfg['batch_size']} clips, AdamW lr {cfg['lr']}
-  cosine, {result['train_minutes']:.1f} min on CPU{continued}. Loss: cross-entropy on every answer and caption
+  cosine, {result['train_minutes']:.1f} min on CPU. Loss: cross-entropy on every answer and caption
   token, plus {cfg['aux_weight']} x per-token probes (training only, see `train/tiny_omni.py::AuxHeads`).
 
 ## Accuracy on SynthAV test (all tokens, greedy)
@@ -638,8 +642,8 @@ Load it like any checkpoint:
 
 ```python
 from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
-model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained("checkpoints/tiny-omni")
-processor = Qwen2_5OmniProcessor.from_pretrained("checkpoints/tiny-omni")
+model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained("{cfg['out_dir']}")
+processor = Qwen2_5OmniProcessor.from_pretrained("{cfg['out_dir']}")
 ```
 """
 
