@@ -12,9 +12,9 @@ computes exactly what it computes in the shrunk sequence (survivors keep their 3
 d p_ij / d g_j = exp(s_ij) / Z_i is the effect of letting token j back in, also where g_j = 0.
 
 Cost: the language model runs on the full sequence with an eager-style attention (an L x L weight matrix
-per head, in float32 (float64 for a float64 model)), whatever attention implementation the model was loaded with: one such matrix per
-layer is kept for the backward (`GatedAttention` fuses the gated softmax with the value product), so memory
-grows with L^2 per layer. The encoders keep their own implementation.
+per head, in float32, or float64 for a float64 model), whatever attention implementation the model was
+loaded with: one such matrix per layer is kept for the backward (`GatedAttention` fuses the gated softmax
+with the value product), so memory grows with L^2 per layer. The encoders keep their own implementation.
 """
 
 from __future__ import annotations

@@ -13,10 +13,10 @@ the reference's rule and ratios (chunk, 0.3 / 0.7), used when neither is given.
 In training mode (the selector in `.train()` and grad enabled) both top-k's are straight-through: the
 selection carries gates whose value is exactly the keep decision and whose gradient flows through the
 soft scores, and `Selection.scores` are the differentiable scores themselves (what a ranking loss such as
-the training app's importance distillation trains). The plug-in multiplies the kept embeddings by them (the published method's signal: kept tokens
-only) or, with `sift.compress(..., mode="mask")`, every attention key (`sift.masked_attention`: dropped
-tokens get gradient too), so the LM loss trains the selector while the decoder computes what it computes
-at inference.
+the training app's importance distillation trains). The plug-in multiplies the kept embeddings by the gates
+(the published method's signal: kept tokens only) or, with `sift.compress(..., mode="mask")`, every
+attention key (`sift.masked_attention`: dropped tokens get gradient too), so the LM loss trains the selector
+while the decoder computes what it computes at inference.
 """
 
 from __future__ import annotations
