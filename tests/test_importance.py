@@ -120,6 +120,7 @@ def test_ranking_loss_trains_the_selector_towards_the_teachers_order(thinker_con
     assert correlations[-1] > correlations[0] + 0.3, correlations
 
 
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a step outside a Trainer
 def test_selector_module_adds_the_ranking_term(thinker_config, synth_inputs):
     pytest.importorskip("lightning")
     from train.module import SelectorModule
