@@ -35,7 +35,7 @@ from sift.compressors.omnisift import OmniSIFT  # noqa: E402
 from sift.manifest import read_manifest  # noqa: E402
 from sift.selector import OmniSIFTSelector  # noqa: E402
 from train.data import MODEL_KEYS, AVQADataset, collate  # noqa: E402
-from train.importance import gate_importance, selection_groups  # noqa: E402
+from train.importance import gate_importance, has_order, selection_groups  # noqa: E402
 
 
 def _ranks(x: torch.Tensor) -> torch.Tensor:
@@ -86,12 +86,12 @@ def main(argv: list[str] | None = None) -> dict:
         batch = collate([item], processor.tokenizer.pad_token_id)
         inputs = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
         importance = gate_importance(model, inputs, batch["labels"])[0]
+        video = sift.layout_of(inputs, model.config).video_mask(torch.device("cpu"))[0]
         for name, selector in selectors.items():
             scores, layout, rule = selector_scores(model, selector, inputs, args.retention)
-            video = layout.video_mask(torch.device("cpu"))[0]
             for _, pos in selection_groups(layout, rule):
                 kind = "video" if bool(video[pos[0]]) else "audio"
-                if pos.numel() < 2 or float(importance[pos].std()) == 0.0:
+                if not has_order(importance[pos]):
                     continue
                 rho, recall = agreement(scores[0, pos].float(), importance[pos].float(), args.retention)
                 stats[name][kind].append(rho)

@@ -24,6 +24,19 @@ def synthav(tmp_path_factory):
     return root
 
 
+#: A tiny-omni small enough for a training step in a test.
+SMALL = dict(
+    hidden_size=32,
+    num_layers=1,
+    intermediate_size=64,
+    audio={"d_model": 16, "encoder_ffn_dim": 32, "encoder_attention_heads": 2, "encoder_layers": 1},
+    vision={"hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "depth": 1},
+    batch_size=2,
+    warmup_steps=1,
+    threads=1,
+)
+
+
 @pytest.fixture(scope="module")
 def processor():
     return build_tokenizer_and_processor()[1]
@@ -109,19 +122,7 @@ def test_per_token_labels_follow_the_clip_spec(synthav, processor):
 def test_smoke_training_writes_a_loadable_checkpoint(synthav, tmp_path):
     from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
-    cfg = TinyOmniConfig(
-        data_dir=str(synthav),
-        hidden_size=32,
-        num_layers=1,
-        intermediate_size=64,
-        audio={"d_model": 16, "encoder_ffn_dim": 32, "encoder_attention_heads": 2, "encoder_layers": 1},
-        vision={"hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "depth": 1},
-        batch_size=2,
-        warmup_steps=1,
-        eval_every=2,
-        threads=1,
-        out_dir=str(tmp_path / "ckpt"),
-    )
+    cfg = TinyOmniConfig(data_dir=str(synthav), eval_every=2, out_dir=str(tmp_path / "ckpt"), **SMALL)
     result = train(cfg, max_steps=2, progress=False)
     assert result["steps"] == 2 and result["test"]["n"] == 3
     out = Path(cfg.out_dir)
@@ -151,15 +152,12 @@ def test_version_2_training_refuses_v1_data_and_saves_the_v2_pixel_budget(syntha
     from sift.processing import video_size
     from sift.synthav import read_settings
 
-    small = dict(hidden_size=32, num_layers=1, intermediate_size=64, batch_size=2, warmup_steps=1, threads=1)
-    small["audio"] = {"d_model": 16, "encoder_ffn_dim": 32, "encoder_attention_heads": 2, "encoder_layers": 1}
-    small["vision"] = {"hidden_size": 16, "intermediate_size": 32, "num_heads": 2, "depth": 1}
     with pytest.raises(ValueError, match="version 1 clips but synthav_version=2"):
-        train(TinyOmniConfig(data_dir=str(synthav), synthav_version=2, **small), max_steps=1, progress=False)
+        train(TinyOmniConfig(data_dir=str(synthav), synthav_version=2, **SMALL), max_steps=1, progress=False)
     root = tmp_path / "v2"
     generate(root, {"train": 1, "test": 1}, min_seconds=6, max_seconds=6, workers=1, progress=False, version=2)
     cfg = TinyOmniConfig(
-        data_dir=str(root), synthav_version=2, validation_clips=0, out_dir=str(tmp_path / "ckpt"), **small
+        data_dir=str(root), synthav_version=2, validation_clips=0, out_dir=str(tmp_path / "ckpt"), **SMALL
     )
     result = train(cfg, max_steps=1, progress=False)
     assert result["test"]["n"] == 3
@@ -170,25 +168,31 @@ def test_version_2_training_refuses_v1_data_and_saves_the_v2_pixel_budget(syntha
 # ----------------------------------------------------------------------------------- shipped checkpoints
 
 
-def test_shipped_tiny_omni_loads_and_answers_fresh_synthav_clips(tmp_path):
-    """checkpoints/tiny-omni is a real from_pretrained folder (< 25 MB) that answers SynthAV questions it never
-    saw (another seed than its training data) with all tokens, through `sift eval`'s processor path."""
+def _full_token_row(checkpoint: Path, data: Path) -> dict:
+    """`sift eval` of `checkpoint` with all tokens on `data`/test.jsonl (its processor path): the one result row."""
     from sift.evaluate import run_eval
 
-    weights = CHECKPOINT / "model.safetensors"
-    assert weights.is_file(), "checkpoints/tiny-omni is missing: python -m train tiny-omni --config configs/tiny-omni.yaml"
-    assert weights.stat().st_size < 25e6
-    generate(tmp_path / "data", {"test": 8}, seed=123, workers=1, progress=False)
     result = run_eval(
-        manifest=str(tmp_path / "data" / "test.jsonl"),
-        model=str(CHECKPOINT),
+        manifest=str(data / "test.jsonl"),
+        model=str(checkpoint),
         methods=["none"],
         max_new_tokens=2,
-        out=str(tmp_path / "eval"),
+        out=str(data.parent / "eval"),
         quiet=True,
         threads=1,
     )
     (row,) = result["results"]
+    return row
+
+
+def test_shipped_tiny_omni_loads_and_answers_fresh_synthav_clips(tmp_path):
+    """checkpoints/tiny-omni is a real from_pretrained folder (< 25 MB) that answers SynthAV questions it never
+    saw (another seed than its training data) with all tokens, through `sift eval`'s processor path."""
+    weights = CHECKPOINT / "model.safetensors"
+    assert weights.is_file(), "checkpoints/tiny-omni is missing: python -m train tiny-omni --config configs/tiny-omni.yaml"
+    assert weights.stat().st_size < 25e6
+    generate(tmp_path / "data", {"test": 8}, seed=123, workers=1, progress=False)
+    row = _full_token_row(CHECKPOINT, tmp_path / "data")
     assert row["n"] == 24 and row["no_letter"] == 0
     assert row["accuracy"] >= 0.75, row
 
@@ -198,7 +202,6 @@ def test_shipped_tiny_omni_v2_answers_fresh_v2_clips_with_its_pixel_budget(tmp_p
     video tokens per second, over 70% of the media) and answers questions it never saw."""
     from transformers import Qwen2_5OmniProcessor
 
-    from sift.evaluate import run_eval
     from sift.processing import video_size
     from sift.synthav import read_settings
 
@@ -207,16 +210,7 @@ def test_shipped_tiny_omni_v2_answers_fresh_v2_clips_with_its_pixel_budget(tmp_p
     generate(tmp_path / "data", {"test": 6}, seed=123, workers=1, progress=False, version=2)
     processor = Qwen2_5OmniProcessor.from_pretrained(checkpoint)
     assert video_size(processor)["longest_edge"] >= read_settings(tmp_path / "data")["video_max_pixels"]
-    result = run_eval(
-        manifest=str(tmp_path / "data" / "test.jsonl"),
-        model=str(checkpoint),
-        methods=["none"],
-        max_new_tokens=2,
-        out=str(tmp_path / "eval"),
-        quiet=True,
-        threads=1,
-    )
-    (row,) = result["results"]
+    row = _full_token_row(checkpoint, tmp_path / "data")
     assert row["n"] == 18 and row["no_letter"] == 0
     assert row["accuracy"] >= 0.75, row
     prefix = ClipCache(tmp_path / "data" / "test.jsonl", processor, progress=False).clips[0]["prefix"]

@@ -31,7 +31,7 @@ from sift import hf_internals as hf
 from sift.layout import TokenLayout
 from sift.masked_attention import key_gates
 
-__all__ = ["gate_importance", "selection_groups", "ranking_loss"]
+__all__ = ["gate_importance", "selection_groups", "has_order", "ranking_loss"]
 
 
 def gate_importance(model: torch.nn.Module, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
@@ -69,6 +69,11 @@ def selection_groups(layout: TokenLayout, audio_rule: str = "clip") -> Iterator[
                     yield b, torch.cat(audio)
 
 
+def has_order(importance: torch.Tensor) -> bool:
+    """Whether a unit's importances rank its tokens at all: two or more tokens, not all equal."""
+    return importance.numel() >= 2 and bool(importance.float().std() > 0)
+
+
 def ranking_loss(
     scores: torch.Tensor,
     importance: torch.Tensor,
@@ -84,14 +89,11 @@ def ranking_loss(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     losses = []
     for b, positions in groups:
-        if positions.numel() < 2:
-            continue
         pos = positions.to(scores.device)
         target = importance[b, pos.to(importance.device)].float().to(scores.device)
-        spread = target.std()
-        if not bool(spread > 0):
+        if not has_order(target):
             continue
-        target = F.softmax((target - target.mean()) / spread / temperature, dim=0)
+        target = F.softmax((target - target.mean()) / target.std() / temperature, dim=0)
         losses.append(-(target * F.log_softmax(scores[b, pos].float(), dim=0)).sum())
     if not losses:
         return scores.sum() * 0.0
