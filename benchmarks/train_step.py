@@ -17,9 +17,10 @@ thinker is frozen with ``requires_grad_(False)`` and in eval mode; the selector 
   eager-style masked attention in float32, whatever ``--attn`` says: (heads, L, L) float32 weights per layer,
   several of them kept for the backward, so expect memory ~ L^2 per layer (and per layer built: x 28 / K
   for the real depth).
-* ``mask+rank``: ``mask`` plus importance distillation (:mod:`train.importance`): first the teacher, the
-  frozen model on all tokens through masked attention with every gate at 1, forward + backward to the gates
-  (counted in the forward time), then the ``mask`` step with the listwise ranking loss added.
+* ``shrink+rank`` / ``mask+rank``: the mode plus importance distillation (:mod:`train.importance`): first the
+  teacher, the frozen model on all tokens through masked attention with every gate at 1, forward + backward to
+  the gates (counted in the forward time), then the mode's step with the listwise ranking loss added.
+  ``shrink+rank`` is what ``configs/synthav-v2-selector.yaml`` trains with.
 * ``full``: no sift. The frozen model on all tokens, forward with labels + backward, with the gradient flowing
   to the input-embedding output only (a forward hook on ``get_input_embeddings()`` turns its output into a leaf
   that requires grad), so the backward runs through the whole LLM as in the other two: the reference cost of
@@ -28,7 +29,7 @@ thinker is frozen with ``requires_grad_(False)`` and in eval mode; the selector 
 What the numbers mean:
 
 * step s: wall time of forward (encoders, selection, LLM, lm_head, loss) + backward; median of ``--repeats``
-  steps after ``--warmup`` untimed rounds (on a ``--warmup-seconds`` clip if given), the three modes
+  steps after ``--warmup`` untimed rounds (on a ``--warmup-seconds`` clip if given), the modes
   interleaved in every round so that slow drifts of a shared machine hit each mode alike. Forward and backward
   medians are given too. ``tiny`` runs on ``--tiny-threads`` (1) torch threads: it is thousands of tiny ops,
   and with more threads than free cores (a shared 2-core machine) their timings jump tenfold.
@@ -88,7 +89,7 @@ from sift.media import synth_clip  # noqa: E402
 from sift.tiny import omni_inputs, tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer  # noqa: E402
 from train.importance import gate_importance, ranking_loss, selection_groups  # noqa: E402
 
-MODES = ("full", "shrink", "mask", "mask+rank")
+MODES = ("full", "shrink", "shrink+rank", "mask", "mask+rank")
 MODELS = ("tiny", "7b")
 LABELED_TOKENS = 8  # labels on the last positions of the input; logits (and lm_head) cover every position anyway
 QUESTION = "What is the person saying while the dog jumps?"
@@ -288,7 +289,7 @@ def measure(case: Case, mode: str, retention: float, device: torch.device, warm:
 
 # ----------------------------------------------------------------------------------------------- runs
 def run_case(case: Case, args: argparse.Namespace, device: torch.device, log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """``--warmup`` + ``--repeats`` rounds over the three modes (interleaved); one summary row per mode."""
+    """``--warmup`` + ``--repeats`` rounds over the modes (interleaved); one summary row per mode."""
     samples: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
     rounds = args.warmup + args.repeats
     for round_ in range(rounds):
@@ -330,7 +331,7 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Retention {s['retention']:g}; step = forward with labels + backward; median of {s['repeats']} step(s) after "
         f"{s['warmup']} warm-up round(s)" + (f" on a {s['warmup_seconds']} s clip" if s.get("warmup_seconds") else "")
-        + f", the three modes interleaved; `{s['attn']}` attention in full and shrink "
+        + f", the modes interleaved; `{s['attn']}` attention in full and shrink "
         "(mask: sift's eager-style float32 masked attention).",
         "",
         "| model | mode | tokens in the LLM | step s (median) | forward s | backward s | peak memory MiB | "

@@ -1,4 +1,4 @@
-"""benchmarks/train_step.py on the tiny model: the three modes run, and their numbers make sense."""
+"""benchmarks/train_step.py on the tiny model: every mode runs, and their numbers make sense."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_tiny_train_step_table(train_step, tmp_path):
     result = train_step.main(["--models", "tiny", "--seconds", "4", "--repeats", "1", "--warmup", "0",
                               "--out", str(tmp_path), "--quiet"])
     rows = {r["mode"]: r for r in result["rows"]}
-    assert list(rows) == ["full", "shrink", "mask", "mask+rank"]
+    assert list(rows) == ["full", "shrink", "shrink+rank", "mask", "mask+rank"]
     seq_len = result["models"][0]["seq_len"]
     for mode in rows:
         r = rows[mode]
@@ -42,8 +42,9 @@ def test_tiny_train_step_table(train_step, tmp_path):
     assert rows["mask"]["loss"] == pytest.approx(rows["shrink"]["loss"], abs=1e-4)  # same kept tokens, same loss
     assert rows["mask+rank"]["loss"] > rows["mask"]["loss"]  # plus the (positive) ranking term
     assert rows["mask+rank"]["llm_tokens"] == seq_len
+    assert rows["shrink+rank"]["loss"] > rows["shrink"]["loss"] and rows["shrink+rank"]["llm_tokens"] == rows["shrink"]["llm_tokens"]
     assert rows["mask"]["saved_bytes"] > rows["full"]["saved_bytes"]  # (heads, L, L) float32 weights per layer
     assert rows["full"]["time_ratio"] == 1.0
     saved = json.loads((tmp_path / "train_step_cpu.json").read_text())
-    assert [r["mode"] for r in saved["rows"]] == ["full", "shrink", "mask", "mask+rank"] and saved["machine"]["loadavg_start"]
+    assert [r["mode"] for r in saved["rows"]] == ["full", "shrink", "shrink+rank", "mask", "mask+rank"] and saved["machine"]["loadavg_start"]
     assert (tmp_path / "train_step_cpu.md").read_text() == result["markdown"]
