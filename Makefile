@@ -1,5 +1,5 @@
-# `make demo` runs the whole product on one CPU: SynthAV data, an OmniSIFT selector trained in front of the
-# frozen tiny-omni (checkpoints/tiny-omni) with the Lightning CLI, exported, then `sift eval` of every method.
+# `make demo` runs the whole product on one CPU: SynthAV v2 data, an OmniSIFT selector trained in front of the
+# frozen tiny-omni-v2 (checkpoints/tiny-omni-v2) with the Lightning CLI, exported, then `sift eval` of every method.
 # `make test` runs the test suite. Both create the virtual environment on first use.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -26,19 +26,20 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sift synthav $(DEMO)/synthav --train $(DEMO_TRAIN_CLIPS) --test $(DEMO_TEST_CLIPS)
+	$(PY) -m sift synthav $(DEMO)/synthav --version 2 --train $(DEMO_TRAIN_CLIPS) --test $(DEMO_TEST_CLIPS)
 	rm -rf $(DEMO)/checkpoints
 	$(PY) -m train fit --config configs/demo.yaml
 	$(PY) -m train export $(DEMO)/checkpoints/last.ckpt checkpoints/demo-selector
 	$(MAKE) --no-print-directory demo-eval SELECTOR=checkpoints/demo-selector
 
 # `sift eval` alone, with the committed pre-trained selector unless SELECTOR=... is given.
-SELECTOR ?= checkpoints/omnisift-synthav
+SELECTOR ?= checkpoints/omnisift-synthav-v2
+DEMO_RETENTIONS ?= 0.10 0.25
 demo-eval: $(STAMP)
-	$(PY) -m sift synthav $(DEMO)/synthav --test $(DEMO_TEST_CLIPS)
-	$(PY) -m sift eval --manifest $(DEMO)/synthav/test.jsonl --model checkpoints/tiny-omni \
+	$(PY) -m sift synthav $(DEMO)/synthav --version 2 --test $(DEMO_TEST_CLIPS)
+	$(PY) -m sift eval --manifest $(DEMO)/synthav/test.jsonl --model checkpoints/tiny-omni-v2 \
 		--selector $(SELECTOR) --methods none random omnizip stvp dycoke omniselect omnisift \
-		--retentions 0.25 0.35 --max-new-tokens 2 --out $(DEMO)/eval --overwrite
+		--retentions $(DEMO_RETENTIONS) --max-new-tokens 2 --out $(DEMO)/eval --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -219,16 +219,30 @@ def test_shipped_tiny_omni_v2_answers_fresh_v2_clips_with_its_pixel_budget(tmp_p
     assert video > 0.7 * (video + audio), (video, audio)
 
 
-def test_demo_config_points_at_the_shipped_model_and_selector():
-    """configs/demo.yaml trains in front of checkpoints/tiny-omni; the committed demo selector matches it."""
+@pytest.mark.parametrize("config, model, selector", [
+    ("demo.yaml", "tiny-omni-v2", "omnisift-synthav-v2"),
+    ("synthav-v2-selector.yaml", "tiny-omni-v2", "omnisift-synthav-v2"),
+    ("demo-v1.yaml", "tiny-omni", "omnisift-synthav"),
+])
+def test_demo_configs_point_at_the_shipped_model_and_selector(config, model, selector):
+    """Each demo config trains in front of a committed tiny-omni; the committed selector it made fits that model."""
     import yaml
+    from transformers import Qwen2_5OmniThinkerConfig
 
     import sift
 
-    cfg = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
-    assert cfg["model"]["model"] == cfg["data"]["processor"] == "checkpoints/tiny-omni"
-    selector = sift.OmniSIFTSelector.from_pretrained(REPO / "checkpoints" / "omnisift-synthav")
-    from transformers import Qwen2_5OmniThinkerConfig
+    cfg = yaml.safe_load((REPO / "configs" / config).read_text())
+    assert cfg["model"]["model"] == cfg["data"]["processor"] == f"checkpoints/{model}"
+    hidden = Qwen2_5OmniThinkerConfig.from_pretrained(REPO / "checkpoints" / model).get_text_config().hidden_size
+    sift.OmniSIFTSelector.from_pretrained(REPO / "checkpoints" / selector).check_hidden_size(hidden)
 
-    hidden = Qwen2_5OmniThinkerConfig.from_pretrained(CHECKPOINT).get_text_config().hidden_size
-    selector.check_hidden_size(hidden)
+
+def test_demo_trains_what_the_committed_v2_selector_was_trained_with():
+    """configs/demo.yaml is configs/synthav-v2-selector.yaml with its own folders and fewer steps, nothing else."""
+    import yaml
+
+    demo = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    full = yaml.safe_load((REPO / "configs" / "synthav-v2-selector.yaml").read_text())
+    assert demo["trainer"].pop("max_steps") < full["trainer"].pop("max_steps")
+    text = yaml.safe_dump(full).replace("runs/selector/run", "runs/demo").replace("runs/selector/synthav", "runs/demo/synthav")
+    assert yaml.safe_dump(demo) == text
