@@ -32,9 +32,10 @@ if __package__ in (None, ""):  # run as a script from a checkout without `pip in
 
 import sift  # noqa: E402
 from sift.compressors.omnisift import OmniSIFT  # noqa: E402
+from sift.hf_internals import THINKER_INPUT_KEYS  # noqa: E402
 from sift.manifest import read_manifest  # noqa: E402
 from sift.selector import OmniSIFTSelector  # noqa: E402
-from train.data import MODEL_KEYS, AVQADataset, collate  # noqa: E402
+from train.data import AVQADataset, collate  # noqa: E402
 from train.importance import gate_importance, has_order, selection_groups  # noqa: E402
 
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
         if item is None:
             continue
         batch = collate([item], processor.tokenizer.pad_token_id)
-        inputs = {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
+        inputs = {k: batch[k] for k in THINKER_INPUT_KEYS if batch.get(k) is not None}
         importance = gate_importance(model, inputs, batch["labels"])[0]
         video = sift.layout_of(inputs, model.config).video_mask(torch.device("cpu"))[0]
         for name, selector in selectors.items():

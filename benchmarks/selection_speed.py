@@ -56,6 +56,7 @@ import sift  # noqa: E402
 from sift.bench import cpu_model, loadavg  # noqa: E402  (shared machine-info helpers)
 from sift.budget import keep_count  # noqa: E402
 from sift.layout import audio_tokens_from_features  # noqa: E402
+from sift.saliency import AUDIO_SALIENCY  # noqa: E402
 from sift.tiny import tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer  # noqa: E402
 
 # Qwen2.5-Omni-7B thinker text model (config.json of Qwen/Qwen2.5-Omni-7B).
@@ -524,7 +525,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             input_ids=ids.to(device),
             attention_mask=inp["attention_mask"].to(device),
             position_ids=positions.to(device),
-            signals={"audio_saliency": saliency},
+            signals={AUDIO_SALIENCY: saliency},
         )
 
     # --- selection

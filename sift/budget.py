@@ -14,9 +14,18 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from sift.layout import RowLayout
+from sift.layout import RowLayout, Window
 
-__all__ = ["keep_count", "allocate", "split_modalities", "split_row", "normalize_ratios"]
+__all__ = [
+    "keep_count",
+    "allocate",
+    "split_modalities",
+    "split_row",
+    "normalize_ratios",
+    "video_frame_budgets",
+    "audio_window_budgets",
+    "audio_clip_budgets",
+]
 
 
 def keep_count(n: int, retention: float) -> int:
@@ -160,3 +169,26 @@ def normalize_ratios(ratios: Sequence[float], sizes: Sequence[int], target: floa
         else:
             hi = mid
     return [min(1.0, hi * b) for b in base]
+
+
+def video_frame_budgets(windows: list[Window], keep_video: int, window_keep_ratio: list[float] | None = None) -> list[list[int]]:
+    """Integer keep-count per frame, summing to `keep_video`, proportional to size x the window's keep ratio."""
+    frames = [(wi, f) for wi, w in enumerate(windows) for f in w.frames]
+    ratio = window_keep_ratio or [1.0] * len(windows)
+    counts = allocate(keep_video, [f.num_tokens * ratio[wi] for wi, f in frames], [f.num_tokens for _, f in frames])
+    out: list[list[int]] = [[] for _ in windows]
+    for (wi, _), c in zip(frames, counts):
+        out[wi].append(c)
+    return out
+
+
+def audio_window_budgets(windows: list[Window], keep_audio: int) -> list[int]:
+    """Integer keep-count of audio per window, proportional to the window's audio tokens."""
+    sizes = [w.num_audio for w in windows]
+    return allocate(keep_audio, sizes, sizes)
+
+
+def audio_clip_budgets(row: RowLayout, keep_audio: int) -> list[int]:
+    """Integer keep-count per audio clip of the row (`row.audio_clips`), proportional to its audio tokens."""
+    sizes = [sum(w.num_audio for w in clip.windows) for clip in row.audio_clips]
+    return allocate(keep_audio, sizes, sizes)

@@ -33,6 +33,7 @@ __all__ = [
     "NEXT_SEQUENCE_LENGTH",
     "MM_ENCODER_OUTPUTS",
     "MEDIA_INPUT_KEYS",
+    "THINKER_INPUT_KEYS",
     "LANGUAGE_MODEL_PATH",
     "cache_in",
     "cache_out",
@@ -70,6 +71,18 @@ NEXT_SEQUENCE_LENGTH = "next_sequence_length"
 MM_ENCODER_OUTPUTS = "mm_encoder_outputs"
 #: Thinker inputs that carry media to the encoders.
 MEDIA_INPUT_KEYS = ("pixel_values", "pixel_values_videos", "input_features", MM_ENCODER_OUTPUTS)
+#: What a thinker forward / generate takes from a processed audio+video batch (``labels`` aside): the keys
+#: the training and evaluation apps pass on from their collated batches.
+THINKER_INPUT_KEYS: tuple[str, ...] = (
+    "input_ids",
+    "attention_mask",
+    "pixel_values_videos",
+    "video_grid_thw",
+    "video_second_per_grid",
+    "input_features",
+    "feature_attention_mask",
+    "use_audio_in_video",
+)
 
 #: Where the decoder sits in the thinker (also the prefix of LoRA adapter keys, see ``train``).
 LANGUAGE_MODEL_PATH = "model.language_model"

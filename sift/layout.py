@@ -30,6 +30,7 @@ __all__ = [
     "layout_of",
     "LAYOUT_KEYS",
     "audio_tokens_from_features",
+    "same_cells",
 ]
 
 #: The thinker inputs besides `input_ids` that the layout is read from.
@@ -61,6 +62,15 @@ class Frame:
     @property
     def num_tokens(self) -> int:
         return int(self.positions.numel())
+
+
+def same_cells(previous: Frame | None, frame: Frame) -> bool:
+    """Whether `frame` holds exactly the (h, w) cells of `previous`, so token i of one faces token i of the other.
+
+    Temporal rules (change against the previous frame) need it; a grid split across windows at fps < 1, or
+    the first frame (`previous` None), does not line up and gets a frame-local rule instead.
+    """
+    return previous is not None and previous.hw.shape == frame.hw.shape and bool(torch.equal(previous.hw, frame.hw))
 
 
 @dataclass(frozen=True, eq=False)  # identity semantics: fields hold tensors
@@ -119,6 +129,11 @@ class RowLayout:
     @property
     def windows(self) -> list[Window]:
         return [w for s in self.segments for w in s.windows]
+
+    @property
+    def audio_clips(self) -> list[Segment]:
+        """The segments that carry an audio item (a video's own audio, or an audio clip), in order."""
+        return [s for s in self.segments if s.audio_item >= 0]
 
     @property
     def num_audio(self) -> int:

@@ -1,4 +1,12 @@
-"""Audio-token saliency from the Qwen2.5-Omni audio encoder's last self-attention layer (OmniZip-style).
+"""Token saliency: the scores that several methods rank tokens by, in one public place.
+
+Video (STVP's rules; STVP, OmniZip, DyCoke, OmniSelect-style and the learned selector's prior use them):
+``spatial_saliency`` (how unlike its frame's mean a token is), ``temporal_saliency`` (how much a cell changed
+since the previous frame) and ``frame_saliency`` (the right one of the two for every frame of a window).
+
+Audio: the attention each token receives inside the Qwen2.5-Omni audio encoder's last self-attention layer
+(OmniZip-style), gathered by hooks and stored in ``signals[AUDIO_SALIENCY]``; the rest of this docstring is
+about it.
 
 Why: OmniZip ranks audio tokens by how much attention they *receive* inside the audio encoder: a token that
 many other frames attend to carries salient acoustic content, and that ranking also guides which video tokens
@@ -28,7 +36,7 @@ Usage::
     signals = {}
     handles = attach_audio_saliency(thinker, signals)
     thinker(**inputs)                       # or generate(...)
-    per_audio = signals["audio_saliency"]   # list of float32 (num_audio_tokens_b,) tensors
+    per_audio = signals[AUDIO_SALIENCY]     # list of float32 (num_audio_tokens_b,) tensors
     for h in handles:
         h.remove()
 """
@@ -44,28 +52,54 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from sift import hf_internals as hf
+from sift.layout import Window, same_cells
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
     from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioAttention
 
 __all__ = [
-    "SIGNAL_KEY",
+    "AUDIO_SALIENCY",
+    "spatial_saliency",
+    "temporal_saliency",
+    "frame_saliency",
     "attach_audio_saliency",
     "block_attention_received",
     "pool_like_encoder",
-    "audio_token_counts",
 ]
 
-#: Key under which :func:`attach_audio_saliency` stores the per-audio saliency list in ``signals``.
-SIGNAL_KEY = "audio_saliency"
+#: The one name of the audio-saliency side signal: the key under which :func:`attach_audio_saliency` stores
+#: the per-audio saliency list in ``signals`` (``CompressionBatch.signals``), and every method reads it.
+AUDIO_SALIENCY = "audio_saliency"
 
 
-def audio_token_counts(feature_lens: torch.Tensor | Sequence[int]) -> list[int]:
-    """Number of LLM audio tokens per audio for mel lengths ``feature_lens`` (conv stride 2, then pool 2)."""
-    lens = torch.as_tensor(feature_lens, dtype=torch.long).reshape(-1)
-    after_conv = (lens - 1) // 2 + 1
-    return ((after_conv - 2) // 2 + 1).tolist()
+def spatial_saliency(tokens: torch.Tensor) -> torch.Tensor:
+    """1 - cos(token, mean token of its frame): high for tokens unlike the rest of the frame."""
+    mean = tokens.mean(dim=0, keepdim=True)
+    return 1.0 - F.cosine_similarity(tokens.float(), mean.float(), dim=-1)
+
+
+def temporal_saliency(tokens: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
+    """1 - cos(token, same cell in the previous frame): high for tokens that changed."""
+    return 1.0 - F.cosine_similarity(tokens.float(), previous.float(), dim=-1)
+
+
+def frame_saliency(embeds: torch.Tensor, window: Window) -> list[torch.Tensor]:
+    """STVP saliency of every frame of a window (embeds: (L, D) of one row).
+
+    The first frame, and any frame whose cells do not line up with the previous one (a grid split across
+    windows at fps < 1), get the spatial rule; the others the temporal rule against the previous frame.
+    """
+    scores = []
+    previous = None
+    for frame in window.frames:
+        tokens = embeds[frame.positions.to(embeds.device)]
+        if same_cells(previous, frame):
+            scores.append(temporal_saliency(tokens, embeds[previous.positions.to(embeds.device)]))
+        else:
+            scores.append(spatial_saliency(tokens))
+        previous = frame
+    return scores
 
 
 def _project_heads(linear: nn.Linear, hidden_states: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -180,7 +214,7 @@ def attach_audio_saliency(
 ) -> list[RemovableHandle]:
     """Hook ``thinker``'s audio encoder so each encoder call stores per-audio saliency in ``signals``.
 
-    After every audio-tower call, ``signals["audio_saliency"]`` is overwritten with a list of float32 1-D
+    After every audio-tower call, ``signals[AUDIO_SALIENCY]`` is overwritten with a list of float32 1-D
     tensors of block-relative saliency (see the module docstring) (detached, on the encoder's device), one per audio in the order the encoder received them
     (the rows of ``feature_attention_mask``), each with one value per LLM audio token of that audio.
     Returns the hook handles; call ``.remove()`` on each to detach.
@@ -213,7 +247,7 @@ def attach_audio_saliency(
         if feature_lens is None or positions is None:
             raise RuntimeError("audio saliency: the last encoder layer's attention did not run in this call")
         with torch.no_grad():
-            signals[SIGNAL_KEY] = pool_like_encoder(positions, feature_lens)
+            signals[AUDIO_SALIENCY] = pool_like_encoder(positions, feature_lens)
 
     return [
         tower.register_forward_pre_hook(tower_pre_hook, with_kwargs=True),

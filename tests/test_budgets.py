@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 import sift
 from sift.budget import keep_count
 from sift.layout import audio_tokens_from_features
+from sift.saliency import AUDIO_SALIENCY
 from sift.selector import OmniSIFTConfig, OmniSIFTSelector
 
 METHODS = [m for m in sift.available_compressors() if m != "none"]
@@ -102,7 +103,7 @@ def test_every_method_meets_the_budget_exactly(tokenizer, processor, thinker_con
             input_ids=enc.input_ids,
             attention_mask=enc.attention_mask,
             position_ids=torch.zeros(3, B, L, dtype=torch.long),
-            signals={"audio_saliency": saliency},
+            signals={AUDIO_SALIENCY: saliency},
             config=thinker_config,
         )
         sel = sift.get_compressor(name, retention=retention, **EXTRA.get(name, {})).select(batch)

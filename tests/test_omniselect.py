@@ -18,6 +18,7 @@ from sift.compressors.omniselect import (
     spread_keep_ratios,
 )
 from sift.media import load_clip, sample_clip_path, synth_clip
+from sift.saliency import AUDIO_SALIENCY
 from sift.tiny import omni_inputs
 
 RETENTIONS = [round(0.1 * i, 1) for i in range(1, 11)]
@@ -44,7 +45,7 @@ def _batch(config, inputs, embeds=None, saliency=None, dim=16, seed=0):
         embeds = torch.randn(*ids.shape, dim, generator=torch.Generator().manual_seed(seed))
     signals = {}
     if saliency is not None:
-        signals["audio_saliency"] = saliency
+        signals[AUDIO_SALIENCY] = saliency
     return sift.CompressionBatch(
         embeds=embeds,
         layout=layout,
@@ -339,7 +340,7 @@ def test_generate_inside_context_uses_encoder_saliency(thinker, real_inputs):
     original = comp._select_audio
 
     def spy(batch, b, windows, keep_a, rel):
-        seen["saliency"] = batch.signals.get("audio_saliency")
+        seen["saliency"] = batch.signals.get(AUDIO_SALIENCY)
         return original(batch, b, windows, keep_a, rel)
 
     comp._select_audio = spy

@@ -13,6 +13,7 @@ from sift import hf_internals as hf
 from sift.budget import keep_count, split_row
 from sift.compressors.omnizip import OmniZip, dpc_knn_scores, merge_weights, window_video_ratios
 from sift.media import synth_clip
+from sift.saliency import AUDIO_SALIENCY
 from sift.tiny import omni_inputs
 
 
@@ -79,7 +80,7 @@ def test_anchor_merge_by_hand(interleaved):
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
         position_ids=torch.zeros(3, 1, ids.shape[1], dtype=torch.long),
-        signals={"audio_saliency": [saliency]},
+        signals={AUDIO_SALIENCY: [saliency]},
     )
     # keep 12 audio tokens: 2 anchors (round(0.05 * 40)) + the 10 most salient
     comp = OmniZip(retention=1.0)
@@ -119,7 +120,7 @@ def test_odd_frame_keeps_the_changed_cells(interleaved):
         input_ids=ids,
         attention_mask=torch.ones_like(ids),
         position_ids=torch.zeros(3, 1, ids.shape[1], dtype=torch.long),
-        signals={"audio_saliency": [torch.rand(50)]},
+        signals={AUDIO_SALIENCY: [torch.rand(50)]},
     )
     comp = OmniZip(retention=1.0, merge=False)
     keep = torch.zeros(1, ids.shape[1], dtype=torch.bool)
@@ -191,7 +192,7 @@ def test_audio_keeps_follow_encoder_saliency(thinker, synth_inputs):
     comp = OmniZip(retention=0.5, merge=False)
     with sift.compress(thinker, comp) as session, torch.no_grad():
         thinker(**synth_inputs)
-    (saliency,) = session.signals["audio_saliency"]
+    (saliency,) = session.signals[AUDIO_SALIENCY]
     audio_positions = (synth_inputs["input_ids"][0] == thinker.config.audio_token_id).nonzero().squeeze(1)
     assert saliency.numel() == audio_positions.numel()
     k = session.stats.audio_after[0]

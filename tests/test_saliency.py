@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from sift.layout import audio_tokens_from_features
 from sift.media import synth_clip
 from sift.saliency import (
-    SIGNAL_KEY,
+    AUDIO_SALIENCY,
     attach_audio_saliency,
-    audio_token_counts,
     block_attention_received,
     pool_like_encoder,
 )
@@ -69,7 +69,7 @@ def _run(thinker, inputs, *, saliency: bool = True) -> tuple[dict, list[torch.Te
     finally:
         for h in handles:
             h.remove()
-    return seen, signals.get(SIGNAL_KEY)
+    return seen, signals.get(AUDIO_SALIENCY)
 
 
 def _full_matrix_reference(hidden_states, attn, cu_seqlens) -> torch.Tensor:
@@ -155,7 +155,7 @@ def test_lengths_positivity_and_block_invariant(sharp, thinker_config, pair_inpu
     mel_lens = pair_inputs["feature_attention_mask"].sum(1)
     tokens_in_ids = (pair_inputs["input_ids"] == thinker_config.audio_token_id).sum(1).tolist()
     assert len(per_audio) == 2
-    assert [len(s) for s in per_audio] == tokens_in_ids == audio_token_counts(mel_lens) == [225, 117]
+    assert [len(s) for s in per_audio] == tokens_in_ids == audio_tokens_from_features(mel_lens).tolist() == [225, 117]
     for s in per_audio:
         assert s.dtype == torch.float32 and s.dim() == 1
         assert bool((s > 0).all()) and bool(torch.isfinite(s).all())
@@ -202,20 +202,20 @@ def test_hooks_removable_and_overwrite_per_call(thinker, long_inputs, short_inpu
     assert len(handles) == 3
     with torch.no_grad():
         thinker(**long_inputs)
-    assert [len(s) for s in signals[SIGNAL_KEY]] == [225]
+    assert [len(s) for s in signals[AUDIO_SALIENCY]] == [225]
     # A later encoder call replaces (never appends to / mixes with) the earlier result.
     with torch.no_grad():
         thinker.model.get_audio_features(
             short_inputs["input_features"], feature_attention_mask=short_inputs["feature_attention_mask"]
         )
-    assert [len(s) for s in signals[SIGNAL_KEY]] == [117]
-    stored = signals[SIGNAL_KEY]
+    assert [len(s) for s in signals[AUDIO_SALIENCY]] == [117]
+    stored = signals[AUDIO_SALIENCY]
 
     for h in handles:
         h.remove()
     with torch.no_grad():
         thinker(**long_inputs)
-    assert signals[SIGNAL_KEY] is stored and [len(s) for s in stored] == [117]
+    assert signals[AUDIO_SALIENCY] is stored and [len(s) for s in stored] == [117]
     tower = thinker.model.audio_tower
     assert not tower._forward_pre_hooks and not tower._forward_hooks
     assert not tower.layers[-1].self_attn._forward_pre_hooks
@@ -228,7 +228,7 @@ def test_pool_like_encoder_matches_pool_indices():
     n_pos = (feature_lens - 1) // 2 + 1
     sal = torch.rand(int(n_pos.sum()), generator=torch.Generator().manual_seed(0))
     pooled = pool_like_encoder(sal, feature_lens)
-    assert [len(p) for p in pooled] == audio_token_counts(feature_lens)
+    assert [len(p) for p in pooled] == audio_tokens_from_features(torch.as_tensor(feature_lens)).tolist()
     idx = get_pool_indices(feature_lens)
     torch.testing.assert_close(torch.cat(pooled), (sal[idx] + sal[idx + 1]) / 2)
     with pytest.raises(ValueError):

@@ -7,7 +7,9 @@ import torch
 
 import sift
 from sift.budget import keep_count, split_modalities
-from sift.compressors.stvp import STVP, spatial_saliency, temporal_saliency, uniform_pick
+from sift.compressors.stvp import STVP
+from sift.picks import uniform_pick
+from sift.saliency import spatial_saliency, temporal_saliency
 from sift.media import synth_clip
 from sift.tiny import omni_inputs
 

@@ -13,12 +13,12 @@ import torch
 pytest.importorskip("lightning")
 pytest.importorskip("datasets")
 
+from sift.hf_internals import THINKER_INPUT_KEYS  # noqa: E402
 from sift.media import synth_clip, write_clip  # noqa: E402
 from sift.tiny import omni_inputs  # noqa: E402
 from train.data import (  # noqa: E402
     ANSWER_INSTRUCTION,
     IGNORE_INDEX,
-    MODEL_KEYS,
     AVQADataModule,
     AVQADataset,
     AVQASample,
@@ -228,7 +228,7 @@ def test_eval_item_ends_with_generation_prompt_and_matches_omni_inputs(media, pr
     assert torch.equal(item["pixel_values_videos"], ref["pixel_values_videos"])
     batch = collate([item], tok.pad_token_id)
     with torch.no_grad():
-        ours = thinker(**{k: batch[k] for k in MODEL_KEYS if k in batch}).logits
+        ours = thinker(**{k: batch[k] for k in THINKER_INPUT_KEYS if k in batch}).logits
         theirs = thinker(**ref).logits
     torch.testing.assert_close(ours, theirs)
 
@@ -295,7 +295,7 @@ def test_silent_video_needs_use_audio_in_video_false(media, processor, thinker, 
     batch = collate([item], processor.tokenizer.pad_token_id)
     assert batch["use_audio_in_video"] is False and "input_features" not in batch
     with torch.no_grad():
-        loss = thinker(**{k: batch[k] for k in MODEL_KEYS if k in batch}, labels=batch["labels"]).loss
+        loss = thinker(**{k: batch[k] for k in THINKER_INPUT_KEYS if k in batch}, labels=batch["labels"]).loss
     assert torch.isfinite(loss)
 
 
@@ -326,7 +326,7 @@ def test_datamodule_batches_feed_the_tiny_thinker(media, tmp_path, thinker):
     assert batch["skipped"] == 1 and sorted(batch["id"]) == ["t1", "t2"]
     thinker.train()
     try:
-        out = thinker(**{k: batch[k] for k in MODEL_KEYS if k in batch}, labels=batch["labels"])
+        out = thinker(**{k: batch[k] for k in THINKER_INPUT_KEYS if k in batch}, labels=batch["labels"])
     finally:
         thinker.eval()
     assert torch.isfinite(out.loss)
@@ -336,7 +336,7 @@ def test_datamodule_batches_feed_the_tiny_thinker(media, tmp_path, thinker):
     (vbatch,) = list(dm.val_dataloader())
     assert "labels" not in vbatch and vbatch["skipped"] == 0
     assert (vbatch["answer"], vbatch["category"], vbatch["num_options"]) == (["B"], ["Color"], [2])
-    inputs = {k: vbatch[k] for k in MODEL_KEYS if k in vbatch}
+    inputs = {k: vbatch[k] for k in THINKER_INPUT_KEYS if k in vbatch}
     with torch.no_grad():
         gen = thinker.generate(**inputs, max_new_tokens=1, do_sample=False)
     assert gen.shape == (1, vbatch["input_ids"].shape[1] + 1)

@@ -37,7 +37,6 @@ from sift.manifest import ANSWER_INSTRUCTION, SCHEMAS, AVQASample, build_prompt,
 
 __all__ = [
     "SCHEMAS",
-    "MODEL_KEYS",
     "IGNORE_INDEX",
     "ANSWER_INSTRUCTION",
     "AVQASample",
@@ -51,18 +50,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-#: The keys a thinker forward / generate takes from a batch (``labels`` is separate).
-MODEL_KEYS: tuple[str, ...] = (
-    "input_ids",
-    "attention_mask",
-    "pixel_values_videos",
-    "video_grid_thw",
-    "video_second_per_grid",
-    "input_features",
-    "feature_attention_mask",
-    "use_audio_in_video",
-)
 
 IGNORE_INDEX = -100
 

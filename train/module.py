@@ -46,7 +46,6 @@ from sift import hf_internals as hf
 from sift.compressors.omnisift import OmniSIFT
 from sift.manifest import extract_letter
 from sift.selector import OmniSIFTConfig, OmniSIFTSelector
-from train.data import MODEL_KEYS
 from train.importance import gate_importance, ranking_loss, selection_groups
 
 __all__ = [
@@ -330,7 +329,7 @@ class SelectorModule(L.LightningModule):
         return type(strategy).__name__.startswith("FSDP")
 
     def _model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: batch[k] for k in MODEL_KEYS if batch.get(k) is not None}
+        return {k: batch[k] for k in hf.THINKER_INPUT_KEYS if batch.get(k) is not None}
 
     def sample_retention(self, batch_idx: int = 0) -> float:
         """A retention drawn from `retention_range`, identical on every rank (seeded by the step)."""

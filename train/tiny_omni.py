@@ -355,17 +355,6 @@ class ClipCache:
 
 # ------------------------------------------------------------------------------------------------ loop
 
-_MODEL_KEYS = (
-    "input_ids",
-    "attention_mask",
-    "pixel_values_videos",
-    "video_grid_thw",
-    "video_second_per_grid",
-    "input_features",
-    "feature_attention_mask",
-    "use_audio_in_video",
-)
-
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, cache: ClipCache, *, batch_size: int = 8, progress: bool = False) -> dict[str, Any]:
@@ -382,7 +371,7 @@ def evaluate(model: torch.nn.Module, cache: ClipCache, *, batch_size: int = 8, p
     for start in tqdm(range(0, len(jobs), batch_size), desc="evaluating", disable=not progress):
         chunk = jobs[start : start + batch_size]
         batch = collate([cache.item(i, [s], train=False) for i, s in chunk], tok.pad_token_id)
-        logits = model(**{k: batch[k] for k in _MODEL_KEYS}).logits[:, -1]
+        logits = model(**{k: batch[k] for k in hf.THINKER_INPUT_KEYS}).logits[:, -1]
         for (_, s), tid in zip(chunk, logits.argmax(-1).tolist()):
             ok = extract_letter(tok.decode([tid]), s.num_options) == s.answer
             correct[s.category or "all"].append(int(ok))
@@ -544,7 +533,7 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
             batch = collate(items, tok.pad_token_id)
             model.train()
             use_aux = cfg.aux_weight > 0 and all("aux" in it for it in items)
-            out = model(**{k: batch[k] for k in _MODEL_KEYS}, labels=batch["labels"], output_hidden_states=use_aux)
+            out = model(**{k: batch[k] for k in hf.THINKER_INPUT_KEYS}, labels=batch["labels"], output_hidden_states=use_aux)
             loss = out.loss
             aux_loss = None
             if use_aux:

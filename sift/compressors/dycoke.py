@@ -47,8 +47,9 @@ import torch
 from sift.budget import allocate, split_row
 from sift.compressors.base import CompressionBatch, Compressor, Selection
 from sift.compressors.registry import register
-from sift.compressors.stvp import spatial_saliency, temporal_saliency, top_positions
 from sift.layout import RowLayout, Segment
+from sift.picks import top_positions
+from sift.saliency import spatial_saliency, temporal_saliency
 
 __all__ = ["DyCoke", "TTMFrame", "ttm_reference", "video_ttm_frames", "audio_ttm_frames", "ttm_keep"]
 

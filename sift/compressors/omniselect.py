@@ -47,7 +47,7 @@ Per batch row:
    proportion to window sizes.
 
 6. **Inside a window.** Audio keeps its top-k tokens by audio-encoder attention saliency
-   (`signals["audio_saliency"]`, written by `sift.saliency.attach_audio_saliency`, which `attach`
+   (`signals[AUDIO_SALIENCY]`, written by `sift.saliency.attach_audio_saliency`, which `attach`
    installs). Video keeps, per frame, the bottom-k tokens by mean self-similarity (each token's mean
    cosine to the other tokens of its frame: the least redundant survive). The reference scores video by
    dot products over a whole time group; here it is cosine within a frame.
@@ -66,11 +66,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
-from sift.budget import allocate, normalize_ratios, split_modalities
+from sift.budget import allocate, normalize_ratios, split_modalities, video_frame_budgets
 from sift.compressors.base import CompressionBatch, Compressor, Selection
 from sift.compressors.registry import register
-from sift.compressors.stvp import top_positions, video_frame_budgets
 from sift.layout import RowLayout, Window
+from sift.picks import top_positions
+from sift.saliency import AUDIO_SALIENCY, attach_audio_saliency
 
 __all__ = [
     "OmniSelect",
@@ -85,7 +86,6 @@ __all__ = [
 #: Values of `OmniSelect.last_decisions`.
 DECISIONS = ("uniform", "audio", "video", "none")
 
-SALIENCY_KEY = "audio_saliency"
 
 Relevance = Callable[[CompressionBatch, int], tuple[torch.Tensor, torch.Tensor]]
 
@@ -246,8 +246,6 @@ class OmniSelect(Compressor):
         return self
 
     def attach(self, thinker: torch.nn.Module, signals: dict[str, Any]) -> list[RemovableHandle]:
-        from sift.saliency import attach_audio_saliency
-
         self.configure(thinker.config)
         return attach_audio_saliency(thinker, signals)
 
@@ -370,10 +368,10 @@ class OmniSelect(Compressor):
             ratios = spread_keep_ratios(rel[0], sizes, keep_a)
             weights = [s * r for s, r in zip(sizes, ratios)]
         counts = allocate(keep_a, weights, sizes)
-        saliency = batch.signals.get(SALIENCY_KEY)
+        saliency = batch.signals.get(AUDIO_SALIENCY)
         if saliency is None:
             raise RuntimeError(
-                f"omniselect must prune audio in row {b} but batch.signals[{SALIENCY_KEY!r}] is missing: run the "
+                f"omniselect must prune audio in row {b} but batch.signals[{AUDIO_SALIENCY!r}] is missing: run the "
                 "model inside sift.compress (OmniSelect.attach installs sift.saliency.attach_audio_saliency) "
                 "or fill it with one 1-D tensor per audio item"
             )

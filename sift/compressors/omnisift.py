@@ -29,11 +29,11 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from sift.budget import allocate, split_row
+from sift.budget import audio_clip_budgets, audio_window_budgets, split_row, video_frame_budgets
 from sift.compressors.base import CompressionBatch, Compressor, Selection, check_prune_ratios
 from sift.compressors.registry import register
-from sift.compressors.stvp import _aligned, audio_window_budgets, spatial_saliency, temporal_saliency, video_frame_budgets
-from sift.layout import RowLayout, Segment
+from sift.layout import RowLayout, Segment, same_cells
+from sift.saliency import AUDIO_SALIENCY, attach_audio_saliency, spatial_saliency, temporal_saliency
 from sift.selector import OmniSIFTSelector, soft_topk_gate
 
 __all__ = ["OmniSIFT"]
@@ -92,8 +92,6 @@ class OmniSIFT(Compressor):
         if next(self.selector.parameters()).device != device:
             self.selector.to(device)
         if self.selector.config.audio_prior == "omnizip":
-            from sift.saliency import attach_audio_saliency
-
             return attach_audio_saliency(thinker, signals)
         return []
 
@@ -121,7 +119,7 @@ class OmniSIFT(Compressor):
     def _budgets(self, row: RowLayout) -> tuple[list[list[int]], list[list[int]]]:
         """Keep counts per (window, frame) and per (audio clip, window): from the ratios or from `retention`."""
         ratios = self.ratios()
-        clips = [s for s in row.segments if s.audio_item >= 0]
+        clips = row.audio_clips
         if ratios is not None:
             rho_a, rho_v = ratios
             frames = [[f.num_tokens - int(f.num_tokens * rho_v) for f in w.frames] for w in row.windows]
@@ -131,8 +129,7 @@ class OmniSIFT(Compressor):
             return frames, [[sum(k)] for k in per_window]
         keep_a, keep_v = split_row(row, self.retention, self.selector.config.audio_advantage)
         frames = video_frame_budgets(row.windows, keep_v)
-        sizes = [sum(w.num_audio for w in s.windows) for s in clips]
-        per_clip = allocate(keep_a, sizes, sizes)
+        per_clip = audio_clip_budgets(row, keep_a)
         if self.audio_rule == "chunk":
             return frames, [audio_window_budgets(s.windows, k) for s, k in zip(clips, per_clip)]
         return frames, [[k] for k in per_clip]
@@ -153,7 +150,7 @@ class OmniSIFT(Compressor):
                 pos = frame.positions.to(dev)
                 tokens = emb[pos].float()
                 spatial = spatial_saliency(tokens)
-                if previous is not None and _aligned(previous, frame):
+                if same_cells(previous, frame):
                     temporal = temporal_saliency(tokens, emb[previous.positions.to(dev)].float())
                     base = temporal
                 else:
@@ -172,8 +169,7 @@ class OmniSIFT(Compressor):
 
     def _audio(self, batch, b, row: RowLayout, audio_budgets, kept_video, keep, gate, scores, training) -> None:
         """Top-k of each clip's VGAS logits, over the clip (one budget) or per window (one budget each)."""
-        segments = [s for s in row.segments if s.audio_item >= 0]
-        for segment, budgets in zip(segments, audio_budgets):
+        for segment, budgets in zip(row.audio_clips, audio_budgets):
             positions, logits = self._clip_logits(batch, b, segment, kept_video)
             if len(budgets) == 1:
                 sizes = [positions.numel()]
@@ -207,7 +203,7 @@ class OmniSIFT(Compressor):
             video_mask[i, : v.numel()] = True
         prior = None
         if self.selector.config.audio_prior == "omnizip":
-            table = batch.signals.get("audio_saliency")
+            table = batch.signals.get(AUDIO_SALIENCY)
             if table is None:
                 raise RuntimeError("omnisift: the OmniZip audio prior needs audio saliency; run inside sift.compress")
             values = table[segment.audio_item].to(dev)

@@ -27,11 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.hooks import RemovableHandle
 
-from sift.budget import allocate, keep_count, normalize_ratios, split_row
+from sift.budget import audio_clip_budgets, keep_count, normalize_ratios, split_row, video_frame_budgets
 from sift.compressors.base import CompressionBatch, Compressor, Selection, check_prune_ratios
 from sift.compressors.registry import register
-from sift.compressors.stvp import _aligned, temporal_saliency, top_positions
-from sift.layout import RowLayout, Segment
+from sift.layout import RowLayout, Segment, same_cells
+from sift.picks import top_positions
+from sift.saliency import AUDIO_SALIENCY, attach_audio_saliency, temporal_saliency
 
 __all__ = ["OmniZip", "dpc_knn_scores", "window_video_ratios", "merge_weights", "PRESETS"]
 
@@ -119,8 +120,6 @@ class OmniZip(Compressor):
         return cls(rho_audio=rho_a, rho_video=rho_v, **kwargs)
 
     def attach(self, thinker: torch.nn.Module, signals: dict[str, Any]) -> list[RemovableHandle]:
-        from sift.saliency import attach_audio_saliency
-
         return attach_audio_saliency(thinker, signals)
 
     # ------------------------------------------------------------------ selection
@@ -136,8 +135,7 @@ class OmniZip(Compressor):
                     continue
                 keep_a, keep_v = self._budgets(row)
                 window_kept_audio: dict[int, int] = {}
-                segments, seg_budgets, _ = self._audio_plan(row, keep_a)
-                for segment, k_seg in zip(segments, seg_budgets):
+                for segment, k_seg in zip(row.audio_clips, audio_clip_budgets(row, keep_a)):
                     kept, merges = self._select_audio(batch, b, segment, k_seg)
                     keep[b, kept.to(keep.device)] = True
                     for w in segment.windows:
@@ -158,16 +156,10 @@ class OmniZip(Compressor):
         if self.rho_audio is None:
             return split_row(row, self.retention, PRESET_AUDIO_ADVANTAGE)
         # explicit ratios, as in the reference: contextual anchors are kept on top of (1 - rho_a)
-        contextual = sum(round(self.contextual_ratio * n) for n in self._audio_plan(row, 0)[2])
+        sizes = [sum(w.num_audio for w in clip.windows) for clip in row.audio_clips]
+        contextual = sum(round(self.contextual_ratio * n) for n in sizes)
         keep_a = min(n_a, keep_count(n_a, 1.0 - self.rho_audio) + contextual)
         return keep_a, keep_count(n_v, 1.0 - self.rho_video)
-
-    @staticmethod
-    def _audio_plan(row: RowLayout, keep_a: int) -> tuple[list[Segment], list[int], list[int]]:
-        """The row's audio clips, their share of the audio budget, and their sizes."""
-        segments = [s for s in row.segments if s.audio_item >= 0]
-        sizes = [sum(w.num_audio for w in s.windows) for s in segments]
-        return segments, allocate(keep_a, sizes, sizes), sizes
 
     def _select_audio(
         self, batch: CompressionBatch, b: int, segment: Segment, k_keep: int
@@ -211,7 +203,7 @@ class OmniZip(Compressor):
         return positions[kept_local], merges
 
     def _saliency(self, batch: CompressionBatch, segment: Segment, n: int) -> torch.Tensor:
-        table = batch.signals.get("audio_saliency")
+        table = batch.signals.get(AUDIO_SALIENCY)
         if table is None:
             raise RuntimeError(
                 "omnizip needs the audio encoder's attention saliency; it is gathered by hooks that "
@@ -267,21 +259,13 @@ class OmniZip(Compressor):
             ratios = [1.0 - keep_v / sum(sizes)] * len(windows)
         else:
             ratios = window_video_ratios(retention, sizes, sum(sizes) - keep_v, self.rho_min, self.rho_max)
-        frames = [(wi, f) for wi, w in enumerate(windows) for f in w.frames]
-        counts = allocate(
-            keep_v,
-            [f.num_tokens * (1.0 - ratios[wi]) for wi, f in frames],
-            [f.num_tokens for _, f in frames],
-        )
-        budget = dict(zip([id(f) for _, f in frames], counts))
         emb = batch.embeds[b]
         dev = emb.device
-        for w in windows:
+        for w, counts in zip(windows, video_frame_budgets(windows, keep_v, [1.0 - r for r in ratios])):
             previous = None
-            for t, frame in enumerate(w.frames):
-                k_frame = budget[id(frame)]
+            for t, (frame, k_frame) in enumerate(zip(w.frames, counts)):
                 tokens = emb[frame.positions.to(dev)]
-                if t % 2 == 1 and previous is not None and _aligned(previous, frame):
+                if t % 2 == 1 and same_cells(previous, frame):
                     score = temporal_saliency(tokens, emb[previous.positions.to(dev)])
                 else:
                     score = dpc_knn_scores(tokens, self.k)
