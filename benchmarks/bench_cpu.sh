@@ -8,7 +8,7 @@
 #    thousands of tiny ops and a shared 2-core machine makes 2-thread timings of such ops erratic.
 # 2. Qwen2.5-Omni-7B's LLM dims with ONE of its 28 decoder layers built (--layers 1; LLM prefill scaled x28,
 #    time to first token and decode get 27 more copies of the measured LLM time), 30 s input, default threads.
-#    A full 7B prefill of 5k tokens would take ~15 min per run on this CPU. Encoders are sift.tiny's
+#    A full 7B prefill of 5k tokens would take ~15 min per run on this CPU. Encoders are sift.testbed.tiny's
 #    (projecting to 3584): their time is not representative on CPU. --vocab-size 4096 shrinks embedding and
 #    lm_head: the stock thinker computes logits at EVERY prompt position (no logits_to_keep), which with the
 #    real 152k vocabulary costs more than a decoder layer; TTFT here therefore leaves most of that out.

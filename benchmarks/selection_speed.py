@@ -6,8 +6,8 @@ What is measured (a benchmark, not a test; nothing here asserts):
   audio track at the paper's rates: 2 fps, 24x24 patches per frame -> `video_grid_thw = [S, 24, 24]`,
   `second_per_grid = 1.0`, i.e. 12x12 = 144 merged tokens per temporal grid, 288 video tokens and 50 audio
   tokens (25 per second) per 2-second window, interleaved exactly as `Qwen2_5OmniProcessor` does it (the
-  processor's own `replace_video_with_audio_token`, run on `sift.tiny`'s processor; the tokenization only
-  fixes the token ids, which come from `sift.tiny`'s tokenizer/config). 60 s = 8640 video + 1500 audio
+  processor's own `replace_video_with_audio_token`, run on `sift.testbed.tiny`'s processor; the tokenization only
+  fixes the token ids, which come from `sift.testbed.tiny`'s tokenizer/config). 60 s = 8640 video + 1500 audio
   tokens + ~80 chat-template/question tokens.
 * The LLM-input embeddings are random `(1, L, --hidden)` (3584 = Qwen2.5-Omni-7B), bf16 on CUDA and fp32
   on CPU by default (`--dtype`); the audio-saliency signal (OmniZip / OmniSelect) is random positive
@@ -53,11 +53,11 @@ if __package__ in (None, ""):  # run as a script from a checkout without `pip in
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sift  # noqa: E402
-from sift.bench import cpu_model, loadavg  # noqa: E402  (shared machine-info helpers)
+from sift.apps.bench import cpu_model, loadavg  # noqa: E402  (shared machine-info helpers)
 from sift.budget import keep_count  # noqa: E402
 from sift.layout import audio_tokens_from_features  # noqa: E402
 from sift.saliency import AUDIO_SALIENCY  # noqa: E402
-from sift.tiny import tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer  # noqa: E402
+from sift.testbed.tiny import tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer  # noqa: E402
 
 # Qwen2.5-Omni-7B thinker text model (config.json of Qwen/Qwen2.5-Omni-7B).
 QWEN_7B = dict(

@@ -45,13 +45,13 @@ What the numbers mean:
   independent: the activation part of the peak, where the modes differ most.
 * time / full and memory / full: the mode's step time and peak memory over ``full``'s.
 
-Models (``--models``): ``tiny`` is :func:`sift.tiny.tiny_thinker` on :func:`sift.tiny.omni_inputs` of a
-:func:`sift.media.synth_clip` of ``--seconds`` (112x112 at 2 fps: 16 video tokens per temporal grid + 25
+Models (``--models``): ``tiny`` is :func:`sift.testbed.tiny.tiny_thinker` on :func:`sift.testbed.tiny.omni_inputs` of a
+:func:`sift.testbed.media.synth_clip` of ``--seconds`` (112x112 at 2 fps: 16 video tokens per temporal grid + 25
 audio tokens per second); its numbers are per-op overhead, not GEMMs. ``7b`` has Qwen2.5-Omni-7B's LLM dims
 (hidden 3584, 28 heads, 4 kv heads, FFN 18944, the real 152,064-token vocabulary unless ``--vocab-size``)
 with only ``--layers`` decoder layers (times and memory are NOT scaled to 28 layers), random weights and
-``sift.tiny``'s encoders projecting to 3584 (the step is about the LLM; the encoders cost next to nothing),
-on :func:`sift.bench.synthetic_inputs`: ``--seconds`` of 2 fps video with its audio at the papers' rates,
+``sift.testbed.tiny``'s encoders projecting to 3584 (the step is about the LLM; the encoders cost next to nothing),
+on :func:`sift.apps.bench.synthetic_inputs`: ``--seconds`` of 2 fps video with its audio at the papers' rates,
 288 video + 50 audio tokens per 2 s window, the processor's own interleaving, random pixels and mel features
 through the real encoder / scatter / 3D-rope code path. The thinker computes logits at every position (it has
 no ``logits_to_keep``), so with the real vocabulary lm_head and the loss are a large part of full and mask.
@@ -82,11 +82,12 @@ if __package__ in (None, ""):  # run as a script from a checkout without `pip in
 
 import sift  # noqa: E402
 from sift import hf_internals as hf  # noqa: E402
-from sift.bench import PeakMemory, machine_info, synthetic_inputs  # noqa: E402
+from sift.apps.bench import PeakMemory, machine_info, synthetic_inputs  # noqa: E402
 from sift.compressors.omnisift import OmniSIFT  # noqa: E402
-from sift.flops import QWEN25_OMNI_7B, omni_thinker_config, random_thinker  # noqa: E402
-from sift.media import synth_clip  # noqa: E402
-from sift.tiny import omni_inputs, tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer  # noqa: E402
+from sift.flops import QWEN25_OMNI_7B  # noqa: E402
+from sift.testbed.media import synth_clip  # noqa: E402
+from sift.testbed.random_models import omni_thinker_config, random_thinker  # noqa: E402
+from sift.testbed.tiny import omni_inputs, tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer  # noqa: E402
 from train.importance import gate_importance, ranking_loss, selection_groups  # noqa: E402
 
 MODES = ("full", "shrink", "shrink+rank", "mask", "mask+rank")
@@ -133,14 +134,14 @@ def build_model(name: str, tok: Any, args: argparse.Namespace, device: torch.dev
     if name == "tiny":
         config = tiny_thinker_config(tok)
         model = tiny_thinker(config, seed=args.seed, attn_implementation=args.attn, dtype=dtype).to(device)
-        desc = dict(model="tiny (sift.tiny)", encoders="tiny", inputs=f"synth_clip({args.seconds} s) via omni_inputs")
+        desc = dict(model="tiny (sift.testbed.tiny)", encoders="tiny", inputs=f"synth_clip({args.seconds} s) via omni_inputs")
     else:
         config = omni_thinker_config("7b", layers=args.layers, encoders="tiny", vocab_size=args.vocab_size,
                                      tokenizer=tok, attn_implementation=args.attn)
         model = random_thinker(config, device=device, dtype=dtype, seed=args.seed)
         desc = dict(model=f"7B dims, {args.layers} of {QWEN25_OMNI_7B['text']['num_hidden_layers']} decoder layers",
-                    encoders="tiny (sift.tiny's, projecting to 3584)",
-                    inputs=f"sift.bench.synthetic_inputs({args.seconds} s, 24x24 patches)")
+                    encoders="tiny (sift.testbed.tiny's, projecting to 3584)",
+                    inputs=f"sift.apps.bench.synthetic_inputs({args.seconds} s, 24x24 patches)")
     text = config.text_config
     desc.update(layers=text.num_hidden_layers, hidden=text.hidden_size, ffn=text.intermediate_size,
                 heads=text.num_attention_heads, kv_heads=text.num_key_value_heads, vocab_size=text.vocab_size)

@@ -7,7 +7,7 @@
 #
 # 1. the tiny test model on a 10 s synthetic clip (1 torch thread: thousands of tiny ops);
 # 2. Qwen2.5-Omni-7B's LLM dims (hidden 3584, 28 heads, 4 kv heads, FFN 18944, the real 152k vocabulary) with
-#    2 of its 28 decoder layers built, random weights, sift.tiny's encoders, on 10 s of synthetic 2 fps video
+#    2 of its 28 decoder layers built, random weights, sift.testbed.tiny's encoders, on 10 s of synthetic 2 fps video
 #    + audio at the papers' rates (288 video + 50 audio tokens per 2 s window: 1690 media tokens), float32.
 #
 # Median of 2 steps per mode, modes interleaved, after one warm-up round on a 2 s clip. About 20 minutes on a

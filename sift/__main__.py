@@ -2,6 +2,6 @@
 
 import sys
 
-from sift.cli import main
+from sift.apps.cli import main
 
 sys.exit(main())

@@ -11,9 +11,7 @@ ratio between a compressed and a full prompt is what token-compression papers re
 
 :data:`QWEN25_OMNI_7B` and :data:`QWEN25_OMNI_3B` hold the real thinkers' dimensions (text model, audio
 and vision encoders, token ids), so sizes, FLOPs and random-weight benchmark models need no download.
-:func:`omni_thinker_config` builds a :class:`~transformers.Qwen2_5OmniThinkerConfig` at those dims (optionally
-with fewer decoder layers, tiny encoders, or a smaller vocabulary) whose token ids match a given tokenizer
-(default: :func:`sift.tiny.tiny_tokenizer`), and :func:`random_thinker` a random-weight model from it.
+Random-weight models at those dims are the testbed's (:mod:`sift.testbed.random_models`).
 """
 
 from __future__ import annotations
@@ -31,8 +29,6 @@ __all__ = [
     "QWEN25_OMNI_7B",
     "QWEN25_OMNI_3B",
     "SIZES",
-    "omni_thinker_config",
-    "random_thinker",
 ]
 
 #: Qwen2.5-Omni-7B thinker (config.json of Qwen/Qwen2.5-Omni-7B; REFERENCE.md section 1).
@@ -154,88 +150,3 @@ def flops_ratio(config: Any, n_compressed: int, n_full: int, new_tokens: int = 1
     if full == 0:
         raise ValueError("flops of the full input is 0 (n_full = new_tokens = 0)")
     return flops(config, n_compressed, new_tokens) / full
-
-
-# ------------------------------------------------------------------------------------- random models
-def omni_thinker_config(
-    size: str = "7b",
-    *,
-    layers: int | None = None,
-    encoders: str = "real",
-    vocab_size: int | None = None,
-    tokenizer: Any = None,
-    attn_implementation: str = "sdpa",
-) -> Any:
-    """A ``Qwen2_5OmniThinkerConfig`` at Qwen2.5-Omni-7B's or -3B's dims, for random-weight benchmarks.
-
-    Args:
-        size: ``"7b"`` or ``"3b"`` (:data:`SIZES`).
-        layers: build only this many decoder layers (default: all; time per layer scales linearly, see
-            ``sift bench --layers``).
-        encoders: ``"real"`` (the real audio and vision encoder dims, for timing them) or ``"tiny"`` (the
-            tiny encoders of :mod:`sift.tiny`, projecting to the real hidden size: the LLM is real-sized,
-            the encoders cost next to nothing).
-        vocab_size: embedding / lm_head rows (default: the real vocabulary). Must cover the tokenizer.
-        tokenizer: whose special-token ids the config uses (default :func:`sift.tiny.tiny_tokenizer`), so
-            that input ids built with it (and its processor) are parsed correctly.
-    """
-    from transformers import Qwen2_5OmniAudioEncoderConfig, Qwen2_5OmniVisionEncoderConfig
-
-    from sift.tiny import tiny_thinker_config
-
-    if size not in SIZES:
-        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
-    if encoders not in ("real", "tiny"):
-        raise ValueError(f"encoders must be 'real' or 'tiny', got {encoders!r}")
-    dims = SIZES[size]
-    t = dims["text"]
-    n_layers = t["num_hidden_layers"] if layers is None else int(layers)
-    if not 1 <= n_layers <= t["num_hidden_layers"]:
-        raise ValueError(f"layers must be in 1..{t['num_hidden_layers']} for {size}, got {layers}")
-    config = tiny_thinker_config(
-        tokenizer,
-        hidden_size=t["hidden_size"],
-        num_layers=n_layers,
-        vocab_size=t["vocab_size"] if vocab_size is None else int(vocab_size),
-        attn_implementation=attn_implementation,
-        intermediate_size=t["intermediate_size"],
-        num_attention_heads=t["num_attention_heads"],
-        num_key_value_heads=t["num_key_value_heads"],
-        head_dim=t["head_dim"],
-        rms_norm_eps=t["rms_norm_eps"],
-        max_position_embeddings=t["max_position_embeddings"],
-        rope_parameters={"rope_type": "default", "rope_theta": t["rope_theta"], "mrope_section": list(t["mrope_section"])},
-    )
-    if encoders == "real":
-        config.audio_config = Qwen2_5OmniAudioEncoderConfig(**dims["audio"])
-        config.vision_config = Qwen2_5OmniVisionEncoderConfig(**dims["vision"])
-    return config
-
-
-def random_thinker(
-    config: Any,
-    *,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-    seed: int = 0,
-) -> Any:
-    """A random-weight ``Qwen2_5OmniThinkerForConditionalGeneration`` built directly on ``device`` in ``dtype``.
-
-    Weights are transformers' own initialisation under ``seed`` (timing does not depend on their values);
-    building on the target device in the target dtype avoids a full-size float32 copy on the host.
-    """
-    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
-
-    previous = torch.get_default_dtype()
-    with torch.random.fork_rng(devices=[]), torch.device(device):
-        torch.manual_seed(seed)
-        torch.set_default_dtype(dtype)
-        try:
-            model = Qwen2_5OmniThinkerForConditionalGeneration(config)
-        finally:
-            torch.set_default_dtype(previous)
-    model = model.to(device=device, dtype=dtype).eval()
-    gen = model.generation_config
-    gen.pad_token_id = config.pad_token_id
-    gen.eos_token_id = config.eos_token_id
-    return model

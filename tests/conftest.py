@@ -1,4 +1,4 @@
-"""Shared fixtures: the tiny offline Qwen2.5-Omni (see sift.tiny)."""
+"""Shared fixtures: the tiny offline Qwen2.5-Omni (see sift.testbed.tiny)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import torch
 
 import sift
 
-from sift.media import synth_clip
-from sift.tiny import omni_inputs, tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer
+from sift.testbed.media import synth_clip
+from sift.testbed.tiny import omni_inputs, tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer
 
 
 @pytest.fixture(scope="session")

@@ -20,10 +20,10 @@ from safetensors.torch import save_file
 
 import sift
 from sift.compressors.omnizip import OmniZip
-from sift.media import Clip
-from sift import processing
+from sift.testbed.media import Clip
+from sift.testbed import processing
 from sift.selector import OmniSIFTConfig, OmniSIFTSelector
-from sift.tiny import omni_inputs, tiny_thinker
+from sift.testbed.tiny import omni_inputs, tiny_thinker
 
 SR = 16000
 

@@ -16,8 +16,8 @@ from sift.budget import allocate, keep_count, split_modalities, split_row
 from sift.compressors import CompressionBatch
 from sift.compressors.dycoke import DyCoke, audio_ttm_frames, ttm_reference, video_ttm_frames
 from sift.layout import audio_tokens_from_features
-from sift.media import load_clip, sample_clip_path, synth_clip
-from sift.tiny import omni_inputs
+from sift.testbed.media import load_clip, sample_clip_path, synth_clip
+from sift.testbed.tiny import omni_inputs
 
 D = 32  # hidden size of the crafted embeddings (cells / audio offsets get one-hot directions)
 

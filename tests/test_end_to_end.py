@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import sift
-from sift.media import load_clip, sample_clip_path, synth_clip, write_clip
-from sift.tiny import omni_inputs
+from sift.testbed.media import load_clip, sample_clip_path, synth_clip, write_clip
+from sift.testbed.tiny import omni_inputs
 
 
 def _layout(model, inputs):

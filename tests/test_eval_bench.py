@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 import sift
-from sift.bench import _summarise, run_bench, synthetic_inputs
+from sift.apps.bench import _summarise, run_bench, synthetic_inputs
 from sift.budget import keep_count
-from sift.cli import main as cli_main
-from sift.evaluate import UsageError, accuracy, run_eval
+from sift.apps.cli import main as cli_main
+from sift.apps.evaluate import UsageError, accuracy, run_eval
 from sift.manifest import extract_letter
-from sift.media import synth_clip, write_clip
+from sift.testbed.media import synth_clip, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -102,7 +102,7 @@ def test_eval_omnisift_needs_a_selector(manifest, tmp_path, capsys):
         cli_main(["eval", "--manifest", str(manifest), "--methods", "omnisift", "--out", str(tmp_path)])
     assert exit_info.value.code == 2 and "--selector" in capsys.readouterr().err
     # with a checkpoint folder it runs
-    from sift.tiny import tiny_thinker_config
+    from sift.testbed.tiny import tiny_thinker_config
 
     sel_dir = tmp_path / "selector"
     sift.OmniSIFTSelector.from_config(tiny_thinker_config()).save_pretrained(sel_dir)
@@ -173,7 +173,7 @@ def test_bench_cli(tmp_path):
 
 def test_synthetic_inputs_and_layer_scaling(processor):
     inputs = synthetic_inputs(processor, 4)
-    layout = sift.build_layout(inputs["input_ids"], sift.tiny.tiny_thinker_config(processor.tokenizer),
+    layout = sift.build_layout(inputs["input_ids"], sift.testbed.tiny.tiny_thinker_config(processor.tokenizer),
                                attention_mask=inputs["attention_mask"], video_grid_thw=inputs["video_grid_thw"],
                                video_second_per_grid=inputs["video_second_per_grid"],
                                feature_attention_mask=inputs["feature_attention_mask"], use_audio_in_video=True)

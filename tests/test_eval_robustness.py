@@ -1,7 +1,7 @@
 """`sift eval` does not lose a run to one bad input: failed answers, interrupted runs (--resume), bad manifest
 records (skipped, or refused with --strict), empty manifests, and one-line command-line errors.
 
-Everything runs on the tiny model (sift.tiny) with 2 s / 4 s synthesized clips and 2 new tokens. Failures
+Everything runs on the tiny model (sift.testbed.tiny) with 2 s / 4 s synthesized clips and 2 new tokens. Failures
 are provoked with real inputs: a compressor that refuses clips longer than 2 s (so only the 4 s clip
 fails, inside `generate`), one that raises KeyboardInterrupt once (Ctrl-C mid-run), and junk bytes
 as a video.
@@ -20,11 +20,11 @@ from typing import ClassVar
 import pytest
 
 import sift
-from sift.cli import main as cli_main
+from sift.apps.cli import main as cli_main
 from sift.compressors.random import RandomCompressor
-from sift.evaluate import EvalError, UsageError, run_eval
+from sift.apps.evaluate import EvalError, UsageError, run_eval
 from sift.manifest import ManifestError, read_manifest, read_manifest_report
-from sift.media import synth_clip, write_clip
+from sift.testbed.media import synth_clip, write_clip
 
 REPO = Path(__file__).resolve().parents[1]
 RAISES = "test-raises-on-long-clips"

@@ -136,7 +136,7 @@ def test_hostile_deepspeed_optimizer_shard_is_refused_inside_deepspeeds_loader(t
 
 def _train_two_steps(root: Path) -> Path:
     """`python -m train fit --config configs/tiny-cpu.yaml` for 2 steps on 2 short clips; its last.ckpt."""
-    from sift.media import synth_clip, write_clip
+    from sift.testbed.media import synth_clip, write_clip
 
     records = []
     for i in range(2):

@@ -12,7 +12,8 @@ from transformers import (
 )
 
 from sift import hf_internals as hf
-from sift.flops import QWEN25_OMNI_3B, QWEN25_OMNI_7B, flops, flops_ratio, omni_thinker_config, text_dims
+from sift.flops import QWEN25_OMNI_3B, QWEN25_OMNI_7B, flops, flops_ratio, text_dims
+from sift.testbed.random_models import omni_thinker_config
 
 # A small LLM: T = 2 layers, hidden d = 4, FFN m = 8.
 SMALL = dict(num_hidden_layers=2, hidden_size=4, intermediate_size=8)

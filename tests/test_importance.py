@@ -13,7 +13,7 @@ from sift import hf_internals as hf
 from sift.compressors.omnisift import OmniSIFT
 from sift.masked_attention import key_gates
 from sift.selector import OmniSIFTSelector
-from sift.tiny import tiny_thinker
+from sift.testbed.tiny import tiny_thinker
 from train.importance import gate_importance, ranking_loss, selection_groups
 
 
@@ -148,7 +148,7 @@ def test_agreement_benchmark_reports_every_selector(tmp_path):
 
     from transformers import AutoConfig
 
-    from sift.synthav import generate
+    from sift.testbed.synthav import generate
 
     repo = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("importance_agreement", repo / "benchmarks" / "importance_agreement.py")

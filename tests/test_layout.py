@@ -30,8 +30,8 @@ from sift.layout import (
     audio_tokens_from_features,
     build_layout,
 )
-from sift.media import synth_clip
-from sift.tiny import omni_inputs, tiny_thinker
+from sift.testbed.media import synth_clip
+from sift.testbed.tiny import omni_inputs, tiny_thinker
 
 PER_SECOND = 25  # position_id_per_seconds of Qwen2.5-Omni (and the tiny config)
 CHUNK = 50  # position ids per 2 s window

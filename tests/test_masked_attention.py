@@ -14,7 +14,7 @@ from sift import hf_internals as hf
 from sift.compressors.omnisift import OmniSIFT
 from sift.masked_attention import MASKED_ATTENTION, GatedAttention
 from sift.selector import OmniSIFTSelector
-from sift.tiny import tiny_thinker
+from sift.testbed.tiny import tiny_thinker
 
 
 class GateSpy(OmniSIFT):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from sift.media import Clip, load_clip, sample_clip_path, synth_clip, write_clip
-from sift.tiny import omni_inputs
+from sift.testbed.media import Clip, load_clip, sample_clip_path, synth_clip, write_clip
+from sift.testbed.tiny import omni_inputs
 
 
 def test_synth_clip_deterministic():

@@ -17,9 +17,9 @@ from sift.compressors.omniselect import (
     special_ids_from_config,
     spread_keep_ratios,
 )
-from sift.media import load_clip, sample_clip_path, synth_clip
+from sift.testbed.media import load_clip, sample_clip_path, synth_clip
 from sift.saliency import AUDIO_SALIENCY
-from sift.tiny import omni_inputs
+from sift.testbed.tiny import omni_inputs
 
 RETENTIONS = [round(0.1 * i, 1) for i in range(1, 11)]
 

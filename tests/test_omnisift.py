@@ -13,7 +13,7 @@ from sift.compressors.omnisift import OmniSIFT
 from sift.compressors.omnizip import OmniZip
 from sift.compressors.stvp import STVP
 from sift.selector import PUBLISHED_PREFIX, OmniSIFTConfig, OmniSIFTSelector
-from sift.tiny import tiny_thinker
+from sift.testbed.tiny import tiny_thinker
 
 
 def _vgas_params(d):
@@ -213,8 +213,8 @@ def test_bad_arguments():
 
 
 def test_generate_with_a_selector_checkpoint_on_bigbuckbunny(thinker, processor, tmp_path):
-    from sift.media import load_clip, sample_clip_path
-    from sift.tiny import omni_inputs
+    from sift.testbed.media import load_clip, sample_clip_path
+    from sift.testbed.tiny import omni_inputs
 
     OmniSIFTSelector.from_config(thinker.config).save_pretrained(tmp_path)
     inputs = omni_inputs(processor, [load_clip(sample_clip_path(), size=(112, 112))], ["What happens?"])

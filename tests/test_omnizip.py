@@ -12,9 +12,9 @@ import sift
 from sift import hf_internals as hf
 from sift.budget import keep_count, split_row
 from sift.compressors.omnizip import OmniZip, dpc_knn_scores, merge_weights, window_video_ratios
-from sift.media import synth_clip
+from sift.testbed.media import synth_clip
 from sift.saliency import AUDIO_SALIENCY
-from sift.tiny import omni_inputs
+from sift.testbed.tiny import omni_inputs
 
 
 def _unit(deg: float) -> list[float]:

@@ -10,8 +10,8 @@ from transformers import DynamicCache
 
 import sift
 from sift import hf_internals as hf
-from sift.media import synth_clip
-from sift.tiny import omni_inputs, tiny_thinker
+from sift.testbed.media import synth_clip
+from sift.testbed.tiny import omni_inputs, tiny_thinker
 
 MAX_NEW = 6
 

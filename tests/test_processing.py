@@ -1,4 +1,4 @@
-"""sift.processing: the processor keyword arguments every part of sift uses (``audio_kwargs``, ``video_size``).
+"""sift.testbed.processing: the processor keyword arguments every part of sift uses (``audio_kwargs``, ``video_size``).
 
 The claim pinned here: padding audio to the next 30 s multiple (``audio_kwargs``) instead of the Whisper
 feature extractor's default 300 s gives bit-identical token ids, feature attention mask and log-mel
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from sift.media import Clip, synth_clip
-from sift.processing import audio_kwargs, video_size
-from sift.tiny import MAX_PIXELS, MIN_PIXELS, tiny_processor
+from sift.testbed.media import Clip, synth_clip
+from sift.testbed.processing import audio_kwargs, video_size
+from sift.testbed.tiny import MAX_PIXELS, MIN_PIXELS, tiny_processor
 
 SR = 16000
 
@@ -33,7 +33,7 @@ def _clip(samples: int, seed: int = 0, tone_hz: float = 440.0) -> Clip:
 
 
 def _call(processor: Any, clips: list[Clip], *, fast: bool):
-    """The processor call of ``sift.tiny.omni_inputs`` (audio in video), with or without ``audio_kwargs``."""
+    """The processor call of ``sift.testbed.tiny.omni_inputs`` (audio in video), with or without ``audio_kwargs``."""
     tok = processor.tokenizer
     texts = [
         tok.apply_chat_template(

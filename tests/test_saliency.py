@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from sift.layout import audio_tokens_from_features
-from sift.media import synth_clip
+from sift.testbed.media import synth_clip
 from sift.saliency import (
     AUDIO_SALIENCY,
     attach_audio_saliency,
     block_attention_received,
     pool_like_encoder,
 )
-from sift.tiny import omni_inputs, tiny_thinker
+from sift.testbed.tiny import omni_inputs, tiny_thinker
 
 PROMPT = "Describe the video."
 #: The random tiny encoder attends almost uniformly (within-block spread ~1e-5, the size of the tolerance), so

@@ -10,8 +10,8 @@ from sift.budget import keep_count, split_modalities
 from sift.compressors.stvp import STVP
 from sift.picks import uniform_pick
 from sift.saliency import spatial_saliency, temporal_saliency
-from sift.media import synth_clip
-from sift.tiny import omni_inputs
+from sift.testbed.media import synth_clip
+from sift.testbed.tiny import omni_inputs
 
 
 def _batch(interleaved, n_audio=50, grid=(2, 8, 8), seed=0):

@@ -1,4 +1,4 @@
-"""sift.synthav: the procedural audio-visual QA benchmark (specs, questions, rendering, mp4 + manifests, CLI)."""
+"""sift.testbed.synthav: the procedural audio-visual QA benchmark (specs, questions, rendering, mp4 + manifests, CLI)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ import av
 import numpy as np
 import pytest
 
-from sift.cli import main
+from sift.apps.cli import main
 from sift.manifest import read_manifest
-from sift.media import load_clip
-from sift.synthav import (
+from sift.testbed.media import load_clip
+from sift.testbed.synthav import (
     CATEGORIES,
     COLORS,
     DEFAULT_SIZE,
@@ -456,7 +456,7 @@ def test_cli_synthav(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------ version 1 pinned
 
-#: Computed with the code as it was before versions existed (sift/synthav.py before SynthAV v2): a change
+#: Computed with the code as it was before versions existed (sift/testbed/synthav.py before SynthAV v2): a change
 #: here means version 1 data (specs, pixels, audio, questions, per-token labels) is no longer reproduced.
 V1_RENDER_DIGEST = "996f3c8624f733f96f954c6910d0a212744aeb19fe581ef904113480a8992acf"
 #: sha256 of validation.jsonl from generate(out, {"validation": 2}, seed=3, min_seconds=4, max_seconds=6).
@@ -511,7 +511,7 @@ def _v2(index: int, split: str = "test", **kw) -> ClipSpecV2:
 
 def _v2_token_counts(processor, clip) -> tuple[int, int]:
     from sift import layout_of
-    from sift.tiny import omni_inputs, tiny_thinker_config
+    from sift.testbed.tiny import omni_inputs, tiny_thinker_config
 
     row = layout_of(omni_inputs(processor, [clip], ["q"]), tiny_thinker_config(processor.tokenizer)).rows[0]
     return row.num_video, row.num_audio
@@ -571,8 +571,8 @@ def test_v2_token_mix_is_video_heavy_through_the_real_processor():
     recorded pixel budget: with configure_processor they give 64 video tokens per second against 25 audio
     (>= 70% video; Qwen2.5-Omni has 85%), without it the processor shrinks them to 16 per second (39%).
     Version 1 settings leave the processor as it was."""
-    from sift.processing import video_size
-    from sift.tiny import MAX_PIXELS, tiny_processor
+    from sift.testbed.processing import video_size
+    from sift.testbed.tiny import MAX_PIXELS, tiny_processor
 
     processor = tiny_processor()
     assert video_size(processor)["longest_edge"] == MAX_PIXELS == 112 * 112
@@ -745,9 +745,9 @@ def _cli_has_version_option(capsys) -> bool:
 
 def test_cli_synthav_version_2(tmp_path, capsys):
     """``sift synthav OUT --version 2 --test 1`` writes a v2 folder (224 px, pixel budget recorded).
-    Skipped until sift/cli.py has the option (``--version`` and a per-version ``--size`` default)."""
+    Skipped until sift/apps/cli.py has the option (``--version`` and a per-version ``--size`` default)."""
     if not _cli_has_version_option(capsys):
-        pytest.skip("sift/cli.py has no `synthav --version` option yet")
+        pytest.skip("sift/apps/cli.py has no `synthav --version` option yet")
     out = tmp_path / "sa"
     args = ["synthav", str(out), "--test", "1", "--workers", "1", "--min-seconds", "4", "--max-seconds", "4"]
     assert main(args + ["--version", "2"]) == 0

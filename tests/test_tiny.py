@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerConfig
 
-from sift.media import synth_clip
-from sift.tiny import SPECIAL_TOKENS, omni_inputs, tiny_thinker, tiny_thinker_config
+from sift.testbed.media import synth_clip
+from sift.testbed.tiny import SPECIAL_TOKENS, omni_inputs, tiny_thinker, tiny_thinker_config
 
 
 def _audio_tokens(feature_lengths: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sift.manifest import read_manifest
-from sift.synthav import generate
+from sift.testbed.synthav import generate
 from train.data import AVQADataset
 from train.tiny_omni import CAPTION_TURN, ClipCache, TinyOmniConfig, build_tokenizer_and_processor, load_config, train
 
@@ -95,7 +95,7 @@ def test_training_item_labels_every_answer_and_the_caption(synthav, processor):
 def test_per_token_labels_follow_the_clip_spec(synthav, processor):
     """Dense labels sit on the right tokens: sounds on audio tokens for each sound's duration (25 tokens/s),
     shape colors only on video tokens, the first-event flag on the first sound and the first shape's cells."""
-    from sift.synthav import COLORS, SOUNDS, spec_for_video
+    from sift.testbed.synthav import COLORS, SOUNDS, spec_for_video
     from train.tiny_omni import AUX_TASKS, build_model, load_config
 
     tok = processor.tokenizer
@@ -149,8 +149,8 @@ def test_version_2_config_continues_tiny_omni_with_the_same_dimensions():
 def test_version_2_training_refuses_v1_data_and_saves_the_v2_pixel_budget(synthav, tmp_path):
     from transformers import Qwen2_5OmniProcessor
 
-    from sift.processing import video_size
-    from sift.synthav import read_settings
+    from sift.testbed.processing import video_size
+    from sift.testbed.synthav import read_settings
 
     with pytest.raises(ValueError, match="version 1 clips but synthav_version=2"):
         train(TinyOmniConfig(data_dir=str(synthav), synthav_version=2, **SMALL), max_steps=1, progress=False)
@@ -170,7 +170,7 @@ def test_version_2_training_refuses_v1_data_and_saves_the_v2_pixel_budget(syntha
 
 def _full_token_row(checkpoint: Path, data: Path) -> dict:
     """`sift eval` of `checkpoint` with all tokens on `data`/test.jsonl (its processor path): the one result row."""
-    from sift.evaluate import run_eval
+    from sift.apps.evaluate import run_eval
 
     result = run_eval(
         manifest=str(data / "test.jsonl"),
@@ -202,8 +202,8 @@ def test_shipped_tiny_omni_v2_answers_fresh_v2_clips_with_its_pixel_budget(tmp_p
     video tokens per second, over 70% of the media) and answers questions it never saw."""
     from transformers import Qwen2_5OmniProcessor
 
-    from sift.processing import video_size
-    from sift.synthav import read_settings
+    from sift.testbed.processing import video_size
+    from sift.testbed.synthav import read_settings
 
     checkpoint = REPO / "checkpoints" / "tiny-omni-v2"
     assert (checkpoint / "model.safetensors").is_file(), "python -m train tiny-omni --config configs/tiny-omni-v2.yaml"

@@ -30,9 +30,9 @@ pytest.importorskip("datasets")
 import lightning as L  # noqa: E402
 
 import sift  # noqa: E402
-from sift.media import load_clip, synth_clip, write_clip  # noqa: E402
+from sift.testbed.media import load_clip, synth_clip, write_clip  # noqa: E402
 from sift.selector import OmniSIFTSelector  # noqa: E402
-from sift.tiny import omni_inputs, tiny_processor, tiny_thinker  # noqa: E402
+from sift.testbed.tiny import omni_inputs, tiny_processor, tiny_thinker  # noqa: E402
 from train.data import AVQADataModule, collate  # noqa: E402
 from train.module import SelectorModule, category_id, extract_letter, kept_slots  # noqa: E402
 

@@ -14,8 +14,8 @@ pytest.importorskip("lightning")
 pytest.importorskip("datasets")
 
 from sift.hf_internals import THINKER_INPUT_KEYS  # noqa: E402
-from sift.media import synth_clip, write_clip  # noqa: E402
-from sift.tiny import omni_inputs  # noqa: E402
+from sift.testbed.media import synth_clip, write_clip  # noqa: E402
+from sift.testbed.tiny import omni_inputs  # noqa: E402
 from train.data import (  # noqa: E402
     ANSWER_INSTRUCTION,
     IGNORE_INDEX,
@@ -214,7 +214,7 @@ def test_train_item_labels_only_on_answer_tokens(train_items, processor):
 
 
 def test_eval_item_ends_with_generation_prompt_and_matches_omni_inputs(media, processor, thinker):
-    from sift.media import load_clip
+    from sift.testbed.media import load_clip
 
     sample = _sample(media)
     item = AVQADataset([sample], processor, train=False, frame_size=FRAME)[0]

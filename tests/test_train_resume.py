@@ -24,7 +24,7 @@ pytest.importorskip("lightning")
 pytest.importorskip("jsonargparse")
 pytest.importorskip("datasets")
 
-from sift.media import synth_clip, write_clip  # noqa: E402
+from sift.testbed.media import synth_clip, write_clip  # noqa: E402
 from train.data import AVQADataModule, ResumableDataLoader, ResumableSampler  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

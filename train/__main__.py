@@ -49,8 +49,8 @@ def _dispatch(argv: list[str] | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run a subcommand; expected errors end it with one line (``sift.cli.run_command``), not a traceback."""
-    from sift.cli import run_command
+    """Run a subcommand; expected errors end it with one line (``sift.apps.cli.run_command``), not a traceback."""
+    from sift.apps.cli import run_command
 
     args = list(sys.argv[1:] if argv is None else argv)
     command = args[0] if args and not args[0].startswith("-") else ""

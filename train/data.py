@@ -6,7 +6,7 @@ Pieces, from files to batches:
   (generic, Daily-Omni and WorldSense schemas), and :func:`build_prompt` renders the question and lettered
   options in the reference evaluation style. Both live in :mod:`sift.manifest` (the library does not
   import this training application) and are re-exported here; see that module for the record schemas.
-- :class:`AVQADataset` decodes a clip with :func:`sift.media.load_clip` and runs the real
+- :class:`AVQADataset` decodes a clip with :func:`sift.testbed.media.load_clip` and runs the real
   ``Qwen2_5OmniProcessor`` on frames + waveform. ``train=True`` appends ``"<letter><|im_end|>"`` as the
   assistant turn and sets ``labels`` on exactly those tokens; ``train=False`` ends with the generation
   prompt. Unreadable items (missing/corrupt file, no audio when audio is required) become ``None`` with a
@@ -79,7 +79,7 @@ class AVQADataset(torch.utils.data.Dataset):
     """Decoded and processed audio-visual MCQ items for a Qwen2.5-Omni thinker.
 
     The sample metadata is kept in a Hugging Face ``datasets.Dataset`` (:attr:`data`). ``__getitem__``
-    decodes the video with :func:`sift.media.load_clip` (``fps``, square ``frame_size`` resize,
+    decodes the video with :func:`sift.testbed.media.load_clip` (``fps``, square ``frame_size`` resize,
     ``max_frames``) and runs ``processor`` (a real ``Qwen2_5OmniProcessor``) on the frames and, with
     ``use_audio_in_video``, the 16 kHz waveform as the video's own audio track.
 
@@ -133,7 +133,7 @@ class AVQADataset(torch.utils.data.Dataset):
     # -- pieces
 
     def _video_size(self) -> dict[str, int] | None:
-        from sift.processing import video_size
+        from sift.testbed.processing import video_size
 
         return video_size(self.processor, self.max_pixels)
 
@@ -154,7 +154,7 @@ class AVQADataset(torch.utils.data.Dataset):
         self._warn(f"skipping sample {sample_id!r}: {reason}")
 
     def __getitem__(self, idx: int) -> dict[str, Any] | None:
-        from sift.media import load_clip
+        from sift.testbed.media import load_clip
 
         sample = self.sample(idx)
         size = None if self.frame_size is None else (int(self.frame_size), int(self.frame_size))
@@ -185,7 +185,7 @@ class AVQADataset(torch.utils.data.Dataset):
             videos_kwargs=dict(fps=clip.fps, do_sample_frames=False, size=self._video_size()),
         )
         if self.use_audio_in_video:
-            from sift.processing import audio_kwargs
+            from sift.testbed.processing import audio_kwargs
 
             audio = [np.asarray(clip.audio, dtype=np.float32)]
             kwargs.update(
@@ -392,7 +392,7 @@ class AVQADataModule(L.LightningDataModule):
         schema: ``"auto"``, ``"generic"``, ``"dailyomni"`` or ``"worldsense"``.
         video_root: folder that relative video paths / video ids resolve against (default: each
             manifest's folder).
-        processor: ``"tiny"`` for :func:`sift.tiny.tiny_processor` (offline tests), else a path or hub
+        processor: ``"tiny"`` for :func:`sift.testbed.tiny.tiny_processor` (offline tests), else a path or hub
             name for ``Qwen2_5OmniProcessor.from_pretrained``.
         fps: frame sampling rate.
         frame_size: square resize of decoded frames (e.g. 112 for the tiny processor); ``None`` keeps
@@ -458,7 +458,7 @@ class AVQADataModule(L.LightningDataModule):
         """The ``Qwen2_5OmniProcessor`` (built on first use)."""
         if self._processor is None:
             if self.processor_name == "tiny":
-                from sift.tiny import tiny_processor
+                from sift.testbed.tiny import tiny_processor
 
                 self._processor = tiny_processor()
             else:

@@ -122,7 +122,7 @@ class SelectorModule(L.LightningModule):
     """Train an OmniSIFT selector (and optionally LoRA) in front of a frozen Qwen2.5-Omni thinker.
 
     Args:
-        model: "tiny" for the offline tiny thinker (`sift.tiny`), else a checkpoint folder or hub id for
+        model: "tiny" for the offline tiny thinker (`sift.testbed.tiny`), else a checkpoint folder or hub id for
             `Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained` (full Qwen2.5-Omni checkpoints
             load their thinker).
         model_seed: seed of the tiny thinker's random weights.
@@ -215,7 +215,7 @@ class SelectorModule(L.LightningModule):
     # ------------------------------------------------------------------ building
     def _thinker_config(self) -> Any:
         if self.hparams.model == "tiny":
-            from sift.tiny import tiny_thinker_config
+            from sift.testbed.tiny import tiny_thinker_config
 
             return tiny_thinker_config(attn_implementation=self.hparams.attn_implementation)
         from transformers import Qwen2_5OmniThinkerConfig
@@ -248,7 +248,7 @@ class SelectorModule(L.LightningModule):
             return
         dtype = DTYPES[self.hparams.dtype]
         if self.hparams.model == "tiny":
-            from sift.tiny import tiny_thinker
+            from sift.testbed.tiny import tiny_thinker
 
             model = tiny_thinker(
                 self._thinker_config(),
@@ -478,7 +478,7 @@ class SelectorModule(L.LightningModule):
             if processor is not None:
                 self._tokenizer = getattr(processor, "tokenizer", processor)
             elif self.hparams.model == "tiny":
-                from sift.tiny import tiny_tokenizer
+                from sift.testbed.tiny import tiny_tokenizer
 
                 self._tokenizer = tiny_tokenizer()
             else:

@@ -3,7 +3,7 @@
 Why: no real Qwen2.5-Omni weights can be downloaded here, and a randomly initialised tiny model gives a
 token selector nothing to preserve. tiny-omni is the real ``Qwen2_5OmniThinkerForConditionalGeneration``
 class at a few million parameters, with a BPE tokenizer trained offline on SynthAV's vocabulary (Qwen's
-special tokens and chat template), trained on SynthAV (:mod:`sift.synthav`) until it answers the
+special tokens and chat template), trained on SynthAV (:mod:`sift.testbed.synthav`) until it answers the
 benchmark's questions from the audio and the video. The result is a ``save_pretrained`` folder (model,
 tokenizer, processor, model card) that ``from_pretrained``, ``sift eval --model`` and the selector training
 (``python -m train fit``) load like a real checkpoint.
@@ -59,7 +59,7 @@ class TinyOmniConfig:
     data_seed: int = 0
     min_seconds: int = 6
     max_seconds: int = 20
-    #: SynthAV version of the generated data (:mod:`sift.synthav`); 2 raises the processor's pixel budget
+    #: SynthAV version of the generated data (:mod:`sift.testbed.synthav`); 2 raises the processor's pixel budget
     #: to the folder's ``video_max_pixels`` and adds version 2's questions to the tokenizer's corpus
     synthav_version: int = 1
     # model
@@ -115,8 +115,8 @@ def load_config(path: str | None, overrides: dict[str, Any] | None = None) -> Ti
 
 def build_tokenizer_and_processor(version: int = 1) -> tuple[Any, Any]:
     """A tokenizer trained on SynthAV ``version``'s vocabulary and the tiny processor around it."""
-    from sift.synthav import vocabulary_texts
-    from sift.tiny import tiny_processor, tiny_tokenizer
+    from sift.testbed.synthav import vocabulary_texts
+    from sift.testbed.tiny import tiny_processor, tiny_tokenizer
 
     tok = tiny_tokenizer(vocabulary_texts(version))
     return tok, tiny_processor(tok)
@@ -124,7 +124,7 @@ def build_tokenizer_and_processor(version: int = 1) -> tuple[Any, Any]:
 
 def build_model(cfg: TinyOmniConfig, tokenizer: Any) -> torch.nn.Module:
     """A freshly initialised tiny-omni thinker (real transformers classes, seeded)."""
-    from sift.tiny import tiny_thinker, tiny_thinker_config
+    from sift.testbed.tiny import tiny_thinker, tiny_thinker_config
 
     config = tiny_thinker_config(
         tokenizer,
@@ -211,8 +211,8 @@ class ClipCache:
         return text[: text.rindex(_END)]
 
     def _load(self, video: str, samples: list) -> dict[str, Any]:
-        from sift.media import load_clip
-        from sift.processing import audio_kwargs, video_size
+        from sift.testbed.media import load_clip
+        from sift.testbed.processing import audio_kwargs, video_size
 
         clip = load_clip(video, fps=2.0)
         if clip.audio is None or not len(clip.audio):
@@ -242,7 +242,7 @@ class ClipCache:
 
     def _aux_labels(self, video: str, out: Any) -> torch.Tensor | None:
         from sift.layout import build_layout
-        from sift.synthav import COLORS, FPS, SOUNDS, cell_labels, sound_label, spec_for_video
+        from sift.testbed.synthav import COLORS, FPS, SOUNDS, cell_labels, sound_label, spec_for_video
 
         spec = spec_for_video(video)
         if spec is None:
@@ -300,8 +300,8 @@ class ClipCache:
         the sequence ends with the generation prompt after the first turn (what ``sift eval`` feeds).
         """
         from sift.manifest import build_prompt
-        from sift.processing import video_size
-        from sift.synthav import CAPTION_PROMPT
+        from sift.testbed.processing import video_size
+        from sift.testbed.synthav import CAPTION_PROMPT
 
         c = self.clips[index]
         turns = list(c["samples"] if turns is None else turns)
@@ -431,9 +431,9 @@ def _lr_lambda(cfg: TinyOmniConfig, total: int):
 
 def ensure_data(cfg: TinyOmniConfig) -> dict[str, Path]:
     """The SynthAV manifests under ``cfg.data_dir``, generated (resumably) when missing."""
-    from sift.synthav import generate
+    from sift.testbed.synthav import generate
 
-    from sift.synthav import read_settings
+    from sift.testbed.synthav import read_settings
 
     root = Path(cfg.data_dir)
     settings = read_settings(root)
@@ -460,7 +460,7 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
     """Generate/cache data, train, evaluate on test and save the checkpoint folder; returns the metrics."""
     from tqdm import tqdm
 
-    from sift.synthav import configure_processor, read_settings
+    from sift.testbed.synthav import configure_processor, read_settings
     from train.data import collate
 
     if cfg.threads:
@@ -594,7 +594,7 @@ def save(model: torch.nn.Module, processor: Any, cfg: TinyOmniConfig, result: di
 
 
 def model_card(result: dict[str, Any]) -> str:
-    from sift.synthav import DEFAULT_SIZE
+    from sift.testbed.synthav import DEFAULT_SIZE
 
     cfg = result["config"]
     test = result.get("test") or {}
@@ -605,7 +605,7 @@ def model_card(result: dict[str, Any]) -> str:
     return f"""# tiny-omni{'' if version == 1 else f' (SynthAV v{version})'}
 
 A {result['parameters'] / 1e6:.2f}M-parameter `Qwen2_5OmniThinkerForConditionalGeneration` (the real transformers
-class) trained on SynthAV version {version} (`sift.synthav`) by `python -m train tiny-omni`, {how}.
+class) trained on SynthAV version {version} (`sift.testbed.synthav`) by `python -m train tiny-omni`, {how}.
 It exists so that sift's demo, tests and selector training have a model that actually uses its audio and video
 tokens, on a machine that cannot download Qwen2.5-Omni. It knows nothing but SynthAV.
 

@@ -6,7 +6,7 @@ Per batch row:
    last media segment and before the first end-of-turn token (`eos_token_id`, `<|im_end|>` in Qwen's
    template) that follows that segment, minus special tokens: every id at or above the smallest special id
    the model config names (pad/bos/eos, the audio/video/image placeholders, audio/vision bos/eos) is
-   excluded. Qwen's tokenizer (and `sift.tiny`'s) puts all special tokens, chat-template markers included,
+   excluded. Qwen's tokenizer (and `sift.testbed.tiny`'s) puts all special tokens, chat-template markers included,
    at or above `<|endoftext|>`, so for `<|vision_eos|>What is said?<|im_end|>\\n<|im_start|>assistant\\n`
    the question is exactly `What is said?` (the generation prompt is not part of it). The ids are read
    from the model in `attach` (or `configure(config)` for direct use).

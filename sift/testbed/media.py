@@ -2,7 +2,7 @@
 
 PyAV wheels bundle FFmpeg, so this works where torchcodec or a system FFmpeg is unavailable. A decoded
 :class:`Clip` holds frames sampled at a fixed rate (default 2 fps, Qwen2.5-Omni's) and the audio track as a
-16 kHz mono float32 waveform, which is exactly what :func:`sift.tiny.omni_inputs` (and the real
+16 kHz mono float32 waveform, which is exactly what :func:`sift.testbed.tiny.omni_inputs` (and the real
 ``Qwen2_5OmniProcessor`` decoded-input path) consume.
 """
 

@@ -50,7 +50,7 @@ def audio_cap_seconds(processor: Any) -> float | None:
 def truncated_audio(processor: Any, audios: Sequence[Any]) -> list[float]:
     """Seconds cut from the end of each waveform by the feature extractor's cap (0.0 where it fits).
 
-    Why: the processor cuts silently, so callers that want to record it (``sift.tiny.omni_inputs``) ask here.
+    Why: the processor cuts silently, so callers that want to record it (``sift.testbed.tiny.omni_inputs``) ask here.
     """
     cap = audio_cap_seconds(processor)
     sr = int(getattr(processor.feature_extractor, "sampling_rate", 16000))

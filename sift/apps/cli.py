@@ -28,8 +28,8 @@ def _demo(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import sift
-    from sift.media import load_clip, sample_clip_path, synth_clip
-    from sift.tiny import omni_inputs, tiny_processor, tiny_thinker, tiny_tokenizer, tiny_thinker_config
+    from sift.testbed.media import load_clip, sample_clip_path, synth_clip
+    from sift.testbed.tiny import omni_inputs, tiny_processor, tiny_thinker, tiny_tokenizer, tiny_thinker_config
 
     torch.manual_seed(0)
     tokenizer = tiny_tokenizer()
@@ -81,8 +81,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _synthav(args: argparse.Namespace) -> int:
-    from sift.evaluate import UsageError
-    from sift.synthav import CATEGORIES, generate
+    from sift.apps.evaluate import UsageError
+    from sift.testbed.synthav import CATEGORIES, generate
 
     splits = {k: n for k, n in (("train", args.train), ("validation", args.validation), ("test", args.test)) if n}
     if not splits:
@@ -110,21 +110,21 @@ def _synthav(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from sift.evaluate import run_eval
+    from sift.apps.evaluate import run_eval
 
     run_eval(args)
     return 0
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from sift.bench import run_bench
+    from sift.apps.bench import run_bench
 
     run_bench(args)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sift import bench, evaluate
+    from sift.apps import bench, evaluate
 
     parser = argparse.ArgumentParser(prog="sift", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -133,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.set_defaults(func=_demo)
     sa = sub.add_parser(
         "synthav",
-        help="generate SynthAV clips (mp4) and question manifests (see sift.synthav)",
+        help="generate SynthAV clips (mp4) and question manifests (see sift.testbed.synthav)",
         description="Generate the SynthAV audio-visual QA benchmark: OUT/videos/*.mp4 and OUT/<split>.jsonl.",
     )
     sa.add_argument("out", help="output folder")
@@ -189,7 +189,7 @@ def run_command(prog: str, command: Callable[[], int]) -> int:
     a bug and keeps its traceback, and so does everything with ``SIFT_DEBUG=1``. Exits via ``SystemExit``.
     Also used by ``python -m train``.
     """
-    from sift.evaluate import EvalError, UsageError
+    from sift.apps.evaluate import EvalError, UsageError
     from sift.manifest import ManifestError
 
     try:

@@ -474,8 +474,8 @@ def _sound(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def render_clip(spec: ClipSpec):
-    """Frames (2 fps) and a 16 kHz waveform for ``spec``, as a :class:`sift.media.Clip`."""
-    from sift.media import Clip
+    """Frames (2 fps) and a 16 kHz waveform for ``spec``, as a :class:`sift.testbed.media.Clip`."""
+    from sift.testbed.media import Clip
 
     if spec.version == 2:
         return Clip(frames=_frames_v2(spec), audio=_audio_v2(spec), fps=FPS, sample_rate=SAMPLE_RATE)
@@ -679,12 +679,12 @@ def configure_processor(processor: Any, settings: dict[str, Any] | None) -> Any:
 
     ``settings``: :func:`read_settings` of a SynthAV folder. A budget that is already large enough, version 1
     settings and ``None`` leave the processor unchanged. Everything in sift reads the budget from
-    ``processor.video_processor.size`` (:func:`sift.processing.video_size`), so this is all it takes;
+    ``processor.video_processor.size`` (:func:`sift.testbed.processing.video_size`), so this is all it takes;
     ``save_pretrained`` then records it in the processor config.
     """
     from transformers.image_utils import SizeDict
 
-    from sift.processing import video_size
+    from sift.testbed.processing import video_size
 
     needed = (settings or {}).get("video_max_pixels")
     current = video_size(processor)
@@ -699,7 +699,7 @@ def configure_processor(processor: Any, settings: dict[str, Any] | None) -> Any:
 
 def _write_one(job: tuple) -> list[dict]:
     seed, split, index, out_dir, min_s, max_s, size, categories, version = job
-    from sift.media import write_clip
+    from sift.testbed.media import write_clip
 
     spec = make_spec(seed, split, index, min_seconds=min_s, max_seconds=max_s, size=size, version=version)
     name = f"{split}-{index:05d}"

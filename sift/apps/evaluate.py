@@ -1,7 +1,7 @@
 """`sift eval`: multiple-choice accuracy of a Qwen2.5-Omni thinker under every method x retention, in one run.
 
 For each sample of an audio-visual multiple-choice manifest (:func:`sift.manifest.read_manifest`: generic,
-Daily-Omni or WorldSense records) the clip is decoded ONCE (:func:`sift.media.load_clip`, PyAV) and
+Daily-Omni or WorldSense records) the clip is decoded ONCE (:func:`sift.testbed.media.load_clip`, PyAV) and
 processed ONCE by the real ``Qwen2_5OmniProcessor`` (frames + 16 kHz waveform as the video's audio track,
 the question and lettered options of :func:`sift.manifest.build_prompt`); then the same inputs go through
 greedy ``generate`` inside ``sift.compress`` for the full-token baseline (``none``, once, retention 1) and
@@ -70,7 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="refuse the manifest at its first bad record (default: skip bad records and list them, "
                    "with their line, under skipped_records)")
-    p.add_argument("--model", default="tiny", help="'tiny' (sift.tiny, random weights) or a thinker checkpoint folder")
+    p.add_argument("--model", default="tiny", help="'tiny' (sift.testbed.tiny, random weights) or a thinker checkpoint folder")
     p.add_argument("--processor", help="'tiny' or a processor folder (default: 'tiny' for the tiny model, else --model)")
     p.add_argument("--methods", nargs="+",
                    help="compressors; 'none' is the full-token baseline (default: every registered method, "
@@ -154,10 +154,10 @@ def _dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load_model(model: str, processor: str | None, device: torch.device, dtype: torch.dtype, attn: str, seed: int = 0) -> tuple[Any, Any]:
-    """(thinker, processor) for ``"tiny"`` (sift.tiny, random weights) or checkpoint folders."""
+    """(thinker, processor) for ``"tiny"`` (sift.testbed.tiny, random weights) or checkpoint folders."""
     from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
-    from sift.tiny import tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer
+    from sift.testbed.tiny import tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer
 
     proc_name = processor if processor is not None else ("tiny" if model == "tiny" else model)
     if proc_name == "tiny":
@@ -188,7 +188,7 @@ def prepare(processor: Any, sample: Any, clip: Any, system_prompt: str | None = 
     messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": build_prompt(sample)}]})
     renderer = processor if getattr(processor, "chat_template", None) else processor.tokenizer
     text = renderer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    from sift.processing import audio_kwargs, video_size
+    from sift.testbed.processing import audio_kwargs, video_size
 
     videos_kwargs: dict[str, Any] = dict(fps=clip.fps, do_sample_frames=False)
     size = video_size(processor)
@@ -464,7 +464,7 @@ class _ClipLoader:
         self._last: tuple[str, Any] | None = None
 
     def __call__(self, video: str) -> Any:
-        from sift.media import load_clip
+        from sift.testbed.media import load_clip
 
         if self._last is None or self._last[0] != video:
             self._last = None

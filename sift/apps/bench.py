@@ -18,7 +18,7 @@ dense kernels do not depend on them.
 Models: ``--model PATH`` (a real checkpoint; ``--processor`` defaults to the same path) or
 ``--random-init 7b|3b|tiny``: random weights at Qwen2.5-Omni-7B's / -3B's real dims (:mod:`sift.flops`) or
 the tiny test model. ``--encoders real`` builds the real audio (32 x 1280) and vision (32 x 1280) encoders;
-``--encoders tiny`` keeps sift.tiny's encoders (projecting to the real hidden size: the LLM is real-sized,
+``--encoders tiny`` keeps sift.testbed.tiny's encoders (projecting to the real hidden size: the LLM is real-sized,
 the encoders cost next to nothing and their time is NOT representative); ``auto`` = real on CUDA, tiny on
 CPU. ``--layers K`` builds only K of the 28 (7B) / 36 (3B) decoder layers, because a full 7B prefill on a
 small CPU takes tens of minutes: the LLM prefill time (measured on the language model alone, by hooks) is
@@ -69,7 +69,7 @@ from typing import Any
 import torch
 
 from sift import hf_internals as hf
-from sift.evaluate import UsageError
+from sift.apps.evaluate import UsageError
 
 __all__ = ["run_bench", "bench_options", "synthetic_inputs", "machine_info", "add_arguments", "main"]
 
@@ -324,7 +324,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="thinker checkpoint folder (Qwen2_5OmniThinkerForConditionalGeneration / full Omni)")
     src.add_argument("--random-init", choices=("7b", "3b", "tiny"), help="random weights at these dims (timing only)")
-    p.add_argument("--processor", help="processor folder (default: --model, or sift.tiny's for --random-init)")
+    p.add_argument("--processor", help="processor folder (default: --model, or sift.testbed.tiny's for --random-init)")
     p.add_argument("--layers", type=int, help="7b/3b: build only K decoder layers and scale LLM times by T/K")
     p.add_argument("--encoders", choices=("auto", "real", "tiny"), default="auto",
                    help="7b/3b: real encoder dims, or tiny ones (auto: real on CUDA, tiny on CPU)")
@@ -366,8 +366,9 @@ def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 def _build(args: Any, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any, Any, dict[str, Any]]:
     """(model, processor, FLOPs config at full depth, description)."""
-    from sift.flops import SIZES, omni_thinker_config, random_thinker
-    from sift.tiny import tiny_processor, tiny_thinker_config, tiny_tokenizer
+    from sift.flops import SIZES
+    from sift.testbed.random_models import omni_thinker_config, random_thinker
+    from sift.testbed.tiny import tiny_processor, tiny_thinker_config, tiny_tokenizer
 
     if args.model is None and args.random_init is None:
         raise UsageError("give --model PATH or --random-init 7b|3b|tiny")
@@ -388,13 +389,13 @@ def _build(args: Any, device: torch.device, dtype: torch.dtype) -> tuple[Any, An
     tok = tiny_tokenizer()
     processor = tiny_processor(tok)
     if args.processor not in (None, "tiny"):
-        raise UsageError("--random-init uses sift.tiny's processor (its token ids); drop --processor")
+        raise UsageError("--random-init uses sift.testbed.tiny's processor (its token ids); drop --processor")
     if args.random_init == "tiny":
         if args.layers is not None or args.vocab_size is not None or args.encoders == "real":
             raise UsageError("--layers / --vocab-size / --encoders real apply to --random-init 7b|3b only")
         config = tiny_thinker_config(tok, attn_implementation=args.attn)
         model = random_thinker(config, device=device, dtype=dtype, seed=args.seed)
-        desc = dict(model="random-init tiny (sift.tiny dims)", layers_built=config.text_config.num_hidden_layers, encoders="tiny")
+        desc = dict(model="random-init tiny (sift.testbed.tiny dims)", layers_built=config.text_config.num_hidden_layers, encoders="tiny")
         return model, processor, config, desc
     encoders = args.encoders if args.encoders != "auto" else ("real" if device.type == "cuda" else "tiny")
     config = omni_thinker_config(
@@ -733,7 +734,7 @@ def markdown(result: dict[str, Any]) -> str:
             "of the missing layers are absent)."
         )
     if desc.get("encoders") == "tiny" and "tiny" not in desc["model"]:
-        notes.append("Encoders are sift.tiny's (projecting to the real hidden size): encoder times are not representative.")
+        notes.append("Encoders are sift.testbed.tiny's (projecting to the real hidden size): encoder times are not representative.")
     load = info.get("loadavg_start"), info.get("loadavg_end")
     gpu = f", {info['gpu']}" if info.get("gpu") else ""
     notes.append(

@@ -33,7 +33,7 @@ from transformers import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sift.media import Clip
+    from sift.testbed.media import Clip
 
 __all__ = [
     "SPECIAL_TOKENS",
@@ -116,7 +116,7 @@ def tiny_tokenizer(corpus: Sequence[str] | None = None, *, vocab_size: int = 512
     Without ``corpus``: the 256 byte symbols, a few merges (``user``, ``assistant``, ``system`` become
     single tokens), then :data:`SPECIAL_TOKENS`. With ``corpus`` (texts, e.g. a benchmark's questions): BPE
     merges are *trained* on it (plus the chat template's role words) up to ``vocab_size`` entries, so that
-    vocabulary's words become single tokens (:func:`sift.synthav.vocabulary_texts` for tiny-omni). Any text
+    vocabulary's words become single tokens (:func:`sift.testbed.synthav.vocabulary_texts` for tiny-omni). Any text
     encodes either way (byte fallback). ``pad = <|endoftext|>``, ``eos = <|im_end|>``, left padding.
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -376,7 +376,7 @@ def omni_inputs(
         if use_audio_in_video and c.sample_rate != 16000:
             raise ValueError(f"clip {i}: audio must be 16 kHz, got {c.sample_rate}")
 
-    from sift.processing import audio_kwargs, truncated_audio, video_size
+    from sift.testbed.processing import audio_kwargs, truncated_audio, video_size
 
     tok = processor.tokenizer
     texts = [
