@@ -36,9 +36,6 @@ import argparse
 import cProfile
 import io
 import json
-import math
-import os
-import platform
 import pstats
 import statistics
 import sys
@@ -53,7 +50,7 @@ if __package__ in (None, ""):  # run as a script from a checkout without `pip in
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sift  # noqa: E402
-from sift.apps.bench import cpu_model, loadavg  # noqa: E402  (shared machine-info helpers)
+from sift.apps.runtime import loadavg, machine_info  # noqa: E402
 from sift.budget import keep_count  # noqa: E402
 from sift.layout import audio_tokens_from_features  # noqa: E402
 from sift.saliency import AUDIO_SALIENCY  # noqa: E402
@@ -82,26 +79,7 @@ QUESTION = "What is the person saying while the dog jumps?"
 OPTIONAL_METHOD_MODULES = ("sift.compressors.dycoke", "sift.compressors.omniselect")
 
 
-# ---------------------------------------------------------------------------------------------- machine
-def machine_info(device: torch.device) -> dict[str, Any]:
-    import transformers
-
-    info: dict[str, Any] = {
-        "cpu_model": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
+# ---------------------------------------------------------------------------------------------- timing
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -82,7 +82,8 @@ if __package__ in (None, ""):  # run as a script from a checkout without `pip in
 
 import sift  # noqa: E402
 from sift import hf_internals as hf  # noqa: E402
-from sift.apps.bench import PeakMemory, machine_info, synthetic_inputs  # noqa: E402
+from sift.apps.bench import synthetic_inputs  # noqa: E402
+from sift.apps.runtime import PeakMemory, machine_info  # noqa: E402
 from sift.compressors.omnisift import OmniSIFT  # noqa: E402
 from sift.flops import QWEN25_OMNI_7B  # noqa: E402
 from sift.testbed.media import synth_clip  # noqa: E402

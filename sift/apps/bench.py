@@ -53,15 +53,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import gc
 import json
 import os
-import platform
 import statistics
 import sys
 import time
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -70,8 +66,9 @@ import torch
 
 from sift import hf_internals as hf
 from sift.apps.evaluate import UsageError
+from sift.apps.runtime import PeakMemory, loadavg, machine_info, resolve_device, resolve_dtype, torch_threads
 
-__all__ = ["run_bench", "bench_options", "synthetic_inputs", "machine_info", "add_arguments", "main"]
+__all__ = ["run_bench", "bench_options", "synthetic_inputs", "add_arguments"]
 
 FPS = 2.0
 TEMPORAL_PATCH = 2
@@ -81,119 +78,6 @@ AUDIO_TOKENS_PER_SECOND = 25
 MEL_FRAMES_PER_SECOND = 100
 QUESTION = "What is the person saying while the dog jumps?"
 DEFAULT_RETENTIONS = (0.25, 0.35)
-
-
-# ----------------------------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def loadavg() -> list[float] | None:
-    try:
-        return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-    except OSError:
-        return None
-
-
-def machine_info(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """CPU / GPU model, usable cores, torch threads and library versions."""
-    import transformers
-
-    device = torch.device(device)
-    info: dict[str, Any] = {
-        "cpu_model": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(),
-        "torch_version": torch.__version__,
-        "transformers_version": transformers.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "loadavg_start": loadavg(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["gpu_memory_gib"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _malloc_trim() -> None:
-    """Give freed heap memory back to the OS (glibc), so the RSS before a run is what is really in use."""
-    try:
-        ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-class PeakMemory:
-    """Peak memory of one run: CUDA allocator on GPU, the process's resident set on CPU.
-
-    `start()` / `stop()`, or as a context manager (`peak_bytes`: the growth over the block). `trim=True`
-    returns freed heap to the OS first, so the CPU baseline is what is really in use (benchmarks/train_step.py).
-    """
-
-    def __init__(self, device: torch.device, trim: bool = False):
-        self.device = device
-        self.trim = trim
-        self.resettable = True
-        self.peak_bytes = 0
-
-    def start(self) -> None:
-        gc.collect()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.before = torch.cuda.memory_allocated(self.device)
-            return
-        if self.trim:
-            _malloc_trim()
-        try:  # "5" resets VmHWM to the current RSS (Linux >= 4.0)
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            self.resettable = False
-        self.before = (_status_kib("VmRSS") or 0) * 1024
-
-    def stop(self) -> tuple[int, int]:
-        """(peak bytes, peak - bytes in use at start)."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            peak = (_status_kib("VmHWM") or 0) * 1024
-        return int(peak), int(peak - self.before)
-
-    def __enter__(self) -> "PeakMemory":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.peak_bytes = self.stop()[1]
-
-    @property
-    def kind(self) -> str:
-        if self.device.type == "cuda":
-            return "torch.cuda.max_memory_allocated (reset per run)"
-        if self.resettable:
-            return "process peak RSS (VmHWM, reset per run via /proc/self/clear_refs)"
-        return "process peak RSS (VmHWM since process start: /proc/self/clear_refs not writable)"
 
 
 # ----------------------------------------------------------------------------------------------- inputs
@@ -352,18 +236,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return p
 
 
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def _build(args: Any, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any, Any, dict[str, Any]]:
     """(model, processor, FLOPs config at full depth, description)."""
     from sift.flops import SIZES
@@ -508,21 +380,16 @@ def run_bench(args: argparse.Namespace | None = None, **options: Any) -> dict[st
         args = bench_options(**options)
     elif options:
         raise TypeError("pass either args or keyword options")
-    threads = torch.get_num_threads()
-    try:
-        if args.threads:
-            torch.set_num_threads(int(args.threads))
+    with torch_threads(args.threads):
         return _run_bench(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     import sift
     from sift.flops import flops, text_dims
 
-    device = _resolve_device(args.device)
-    dtype = _resolve_dtype(args.dtype, device)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     methods = list(args.methods) if args.methods else [m for m in sift.available_compressors() if m != "none"]
     methods = [m for m in methods if m != "none"]
     unknown = [m for m in methods if m not in sift.available_compressors()]
@@ -798,11 +665,3 @@ def plot_prefill(result: dict[str, Any], path: str | os.PathLike) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="sift bench", description=__doc__.split("\n\n")[0]))
-    args = parser.parse_args(argv)
-    args.command_line = "sift bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    run_bench(args)
-    return 0

@@ -50,7 +50,9 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-__all__ = ["run_eval", "eval_options", "add_arguments", "accuracy", "UsageError", "EvalError", "AnswerLog", "run_settings", "main"]
+from sift.apps.runtime import resolve_device, resolve_dtype, torch_threads
+
+__all__ = ["run_eval", "eval_options", "add_arguments", "accuracy", "UsageError", "EvalError", "AnswerLog", "run_settings"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,18 +143,6 @@ def accuracy(predicted: Sequence[str | None], answers: Sequence[str]) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ model
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def _dtype(name: str, device: torch.device) -> torch.dtype:
-    if name == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
 def load_model(model: str, processor: str | None, device: torch.device, dtype: torch.dtype, attn: str, seed: int = 0) -> tuple[Any, Any]:
     """(thinker, processor) for ``"tiny"`` (sift.testbed.tiny, random weights) or checkpoint folders."""
     from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
@@ -356,13 +346,8 @@ def run_eval(args: argparse.Namespace | None = None, **options: Any) -> dict[str
         args = eval_options(**options)
     elif options:
         raise TypeError("pass either args or keyword options")
-    threads = torch.get_num_threads()
-    try:
-        if args.threads:
-            torch.set_num_threads(int(args.threads))
+    with torch_threads(args.threads):
         return _run_eval(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _methods(args: argparse.Namespace) -> list[str]:
@@ -416,8 +401,8 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     methods = _methods(args)
     configs = _configs(methods, args.retentions)
     samples, bad_records = _read_samples(args)
-    device = _device(args.device)
-    dtype = _dtype(args.dtype, device)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     out, prefix = Path(args.out), args.prefix or ""
     log = AnswerLog.open(out / f"{prefix}{ANSWERS_FILE}", run_settings(args, methods, dtype), args.resume, args.overwrite)
     try:
@@ -773,11 +758,3 @@ def plot_accuracy(result: dict[str, Any], path: str | Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="sift eval", description=__doc__.split("\n\n")[0]))
-    args = parser.parse_args(argv)
-    args.command_line = "sift eval " + " ".join(sys.argv[1:] if argv is None else argv)
-    run_eval(args)
-    return 0
