@@ -11,8 +11,9 @@ No modeling file is copied. Three hooks on the thinker do the work and are remov
   Survivors keep their original 3D positions, so decoding continues at max position + 1 as usual;
 - a post-hook on the thinker computes the loss over the kept sequence with labels shrunk the same way.
 
-The returned logits and hidden states cover the kept sequence; `session.stats.kept_positions` maps them
-back to the input positions.
+The returned logits and hidden states cover the kept sequence; `session.stats.kept_positions` lists the
+input positions kept and `session.stats.slots_of(rows, positions)` finds input positions in the output.
+Dropping, re-padding and continuing a compressed cache are pure functions of tensors (`sift.sequence`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from sift import hf_internals as hf
 from sift.compressors import CompressionBatch, Compressor, Selection, get_compressor
 from sift.layout import LAYOUT_KEYS, TokenLayout, layout_of
 from sift.masked_attention import key_gates
+from sift.sequence import CacheState, Slots, continuation_positions, continue_sequence, identity_slots, shrink_sequence
 
 __all__ = ["compress", "CompressionSession", "CompressionStats", "SUPPORTED_MODELS", "MODES"]
 
@@ -53,6 +55,8 @@ class CompressionStats:
     tokens_after: list[int]
     selection_time_s: float  # the compressor's `select` plus the re-indexing
     kept_positions: list[torch.Tensor] = field(repr=False)  # per row, input positions of the kept tokens
+    slots: Slots | None = field(default=None, repr=False)  # where each kept token sits in the decoder input
+    input_shape: tuple[int, int] = (0, 0)  # (B, L) of the prefill input
 
     @property
     def retention(self) -> float:
@@ -64,9 +68,13 @@ class CompressionStats:
         before = self.audio_before[row] + self.video_before[row]
         return 1.0 if before == 0 else (self.audio_after[row] + self.video_after[row]) / before
 
+    def slots_of(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Where input positions (rows, positions) sit in the output logits / hidden states; raises if dropped."""
+        return self.slots.lookup(self.input_shape, rows, positions)
+
 
 @dataclass
-class _Prefill:
+class PrefillState:
     """State of the prefill call in flight, from the thinker pre-hook to its post-hook."""
 
     layout: TokenLayout
@@ -75,23 +83,9 @@ class _Prefill:
     loss_kwargs: dict[str, Any]
     full_mask: torch.Tensor | None = None  # (B, L) the input attention mask
     kept_mask: torch.Tensor | None = None  # (B, K) attention mask after selection and re-padding
-    slots: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # (row, input pos, kept slot)
+    slots: Slots | None = None  # where each kept token sits in the decoder input
     rope_deltas: torch.Tensor | None = None  # (B, 1) max position + 1 - length, full-sequence convention
     stats: CompressionStats | None = None
-
-
-@dataclass
-class _CacheState:
-    """How a compressed KV cache relates to the full-length history `generate` keeps track of."""
-
-    full_len: int  # input length of the compressed prefill
-    full_mask: torch.Tensor  # (B, full_len)
-    kept_mask: torch.Tensor  # (B, K)
-    rope_deltas: torch.Tensor  # (B, 1)
-
-    @property
-    def offset(self) -> int:
-        return self.full_len - self.kept_mask.shape[1]
 
 
 class CompressionSession:
@@ -118,7 +112,7 @@ class CompressionSession:
         self.history: list[CompressionStats] = []
         self.signals: dict[str, Any] = {}
         self._handles: list[RemovableHandle] = []
-        self._prefill: _Prefill | None = None
+        self._prefill: PrefillState | None = None
         self._warned_no_ids = False
         self._generate_inputs: dict[str, Any] = {}
 
@@ -213,7 +207,7 @@ class CompressionSession:
         if self.mode == "mask":
             kwargs["use_cache"] = False  # a cache would hold the masked tokens: nothing may continue from it
         loss_keys = ("num_items_in_batch", "ignore_index")
-        self._prefill = _Prefill(
+        self._prefill = PrefillState(
             layout=layout,
             input_ids=input_ids,
             labels=kwargs.pop("labels", None),
@@ -223,8 +217,8 @@ class CompressionSession:
         return (), kwargs
 
     def _before_language_model(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        p = self._prefill
-        if p is None:
+        prefill = self._prefill
+        if prefill is None:
             return args, kwargs
         embeds, positions, mask = kwargs.get("inputs_embeds"), kwargs.get("position_ids"), kwargs.get("attention_mask")
         if embeds is None or positions is None or not torch.is_tensor(mask) or mask.ndim != 2:
@@ -232,41 +226,41 @@ class CompressionSession:
                 "sift.compress needs the language model to receive inputs_embeds, 3D position_ids and a 2D "
                 "attention mask (static caches with prepared 4D masks are not supported)"
             )
-        text_row, pos3 = hf.split_text_positions(positions)
+        text_row, positions3 = hf.split_text_positions(positions)
         start = time.perf_counter()
         batch = CompressionBatch(
             embeds=embeds,
-            layout=p.layout,
-            input_ids=p.input_ids,
+            layout=prefill.layout,
+            input_ids=prefill.input_ids,
             attention_mask=mask,
-            position_ids=pos3,
+            position_ids=positions3,
             signals=self.signals,
             config=self.thinker.config,
         )
         selection = self.compressor.select(batch)
         self._check(selection, batch)
-        self.layout, self.selection = p.layout, selection
+        self.layout, self.selection = prefill.layout, selection
         if selection.embeds is not None:
             embeds = selection.embeds
         valid = mask.bool()
         keep = selection.keep & valid
-        p.rope_deltas = hf.rope_deltas(pos3, valid)
+        prefill.rope_deltas = hf.rope_deltas(positions3, valid)
         if self.mode == "mask":
             self._gates.enter_context(key_gates(module.config, self._key_gate(selection, keep, valid)))
         elif selection.gate is not None:
             embeds = embeds * selection.gate[..., None].to(embeds.dtype)  # 1 on kept tokens, gradient to their scores
         if self.mode == "mask" or bool((keep == valid).all()):
-            slots = torch.nonzero(valid, as_tuple=True)
-            p.slots = (slots[0], slots[1], slots[1])
-            p.kept_mask = mask
+            prefill.slots, prefill.kept_mask = identity_slots(valid), mask
             kwargs["inputs_embeds"] = embeds
         else:
-            kwargs.update(self._shrink(embeds, pos3, text_row is not None, mask, keep, p))
+            shrunk = shrink_sequence(embeds, positions3, mask, keep, text_row=text_row is not None)
+            prefill.slots, prefill.kept_mask = shrunk.slots, shrunk.attention_mask
+            kwargs.update(inputs_embeds=shrunk.inputs_embeds, attention_mask=shrunk.attention_mask, position_ids=shrunk.position_ids)
         if selection.updates is not None:
-            kwargs["inputs_embeds"] = self._apply_updates(kwargs["inputs_embeds"], selection.updates, keep, p)
+            kwargs["inputs_embeds"] = self._apply_updates(kwargs["inputs_embeds"], selection.updates, keep, prefill.slots)
         if embeds.is_cuda:
             torch.cuda.synchronize(embeds.device)
-        p.stats = _stats(p.layout, valid, keep, time.perf_counter() - start)
+        prefill.stats = _stats(prefill.layout, valid, keep, time.perf_counter() - start, prefill.slots)
         return args, kwargs
 
     def _key_gate(self, selection: Selection, keep: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -282,26 +276,29 @@ class CompressionSession:
         self._gates.close()
 
     def _after_thinker(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
-        p, self._prefill = self._prefill, None
-        if p is None or p.stats is None:
+        prefill, self._prefill = self._prefill, None
+        if prefill is None or prefill.stats is None:
             return output
-        self.stats = p.stats
-        self.history.append(p.stats)
+        self.stats = prefill.stats
+        self.history.append(prefill.stats)
         cache = hf.cache_out(output)
-        if cache is not None and p.kept_mask is not None and self.mode == "shrink":
+        if cache is not None and prefill.kept_mask is not None and self.mode == "shrink":
             # Stored on the cache itself so copies (copy.deepcopy for branching) carry it along.
-            cache._sift_state = _CacheState(
-                full_len=p.full_mask.shape[1], full_mask=p.full_mask, kept_mask=p.kept_mask, rope_deltas=p.rope_deltas
+            cache._sift_state = CacheState(
+                full_len=prefill.full_mask.shape[1],
+                full_mask=prefill.full_mask,
+                kept_mask=prefill.kept_mask,
+                rope_deltas=prefill.rope_deltas,
             )
-        if p.labels is not None:
-            rows, src, dst = p.slots
-            labels = torch.full(p.kept_mask.shape, -100, dtype=p.labels.dtype, device=p.labels.device)
-            labels[rows, dst] = p.labels[rows, src]
+        if prefill.labels is not None:
+            slots = prefill.slots
+            labels = torch.full(prefill.kept_mask.shape, -100, dtype=prefill.labels.dtype, device=prefill.labels.device)
+            labels[slots.rows, slots.dst] = prefill.labels[slots.rows, slots.src]
             output.loss = self.thinker.loss_function(
                 logits=output.logits,
                 labels=labels,
                 vocab_size=self.thinker.config.get_text_config().vocab_size,
-                **p.loss_kwargs,
+                **prefill.loss_kwargs,
             )
         return output
 
@@ -320,48 +317,19 @@ class CompressionSession:
             raise RuntimeError(f"{self.compressor.name} returned embeds of a different shape")
 
     def _apply_updates(
-        self, embeds: torch.Tensor, updates: tuple[torch.Tensor, torch.Tensor, torch.Tensor], keep: torch.Tensor, p: _Prefill
+        self, embeds: torch.Tensor, updates: tuple[torch.Tensor, torch.Tensor, torch.Tensor], keep: torch.Tensor, slots: Slots
     ) -> torch.Tensor:
         """Write a selection's sparse updates into the (possibly shrunk) decoder input."""
         rows, positions, values = (t.to(embeds.device) for t in updates)
         if not bool(keep[rows, positions].all()):
             raise RuntimeError(f"{self.compressor.name} updated embeddings of tokens it dropped")
-        slot = torch.full(keep.shape, -1, dtype=torch.long, device=embeds.device)
-        src_rows, src, dst = p.slots
-        slot[src_rows, src] = dst
-        return embeds.index_put((rows, slot[rows, positions]), values.to(embeds.dtype))
+        return embeds.index_put((rows, slots.lookup(tuple(keep.shape), rows, positions)), values.to(embeds.dtype))
 
     @staticmethod
-    def _shrink(
-        embeds: torch.Tensor, pos3: torch.Tensor, four_rows: bool, mask: torch.Tensor, keep: torch.Tensor, p: _Prefill
-    ) -> dict[str, torch.Tensor]:
-        """Drop what is not kept and re-pad rows to the longest kept row, on the input's padding side."""
-        B, L = keep.shape
-        counts = keep.sum(1)
-        K = int(counts.max())
-        right_padded = bool((mask[:, -1] == 0).any()) and not bool((mask[:, 0] == 0).any())
-        slot = keep.long().cumsum(1) - 1
-        if not right_padded:  # left padding, the layout `generate` needs
-            slot = slot + (K - counts)[:, None]
-        rows, src = torch.nonzero(keep, as_tuple=True)
-        dst = slot[rows, src]
-        new_embeds = embeds.new_zeros(B, K, embeds.shape[-1])
-        new_embeds = new_embeds.index_put((rows, dst), embeds[rows, src])
-        new_mask = torch.zeros(B, K, dtype=mask.dtype, device=mask.device)
-        new_mask[rows, dst] = 1
-        new_pos = torch.ones(3, B, K, dtype=pos3.dtype, device=pos3.device)
-        new_pos[:, rows, dst] = pos3[:, rows, src]
-        if four_rows:  # generate's text-position row: contiguous over the kept sequence
-            new_pos = hf.with_text_positions(new_pos, new_mask)
-        p.kept_mask = new_mask
-        p.slots = (rows, src, dst)
-        return {"inputs_embeds": new_embeds, "attention_mask": new_mask, "position_ids": new_pos}
-
-    @staticmethod
-    def _cache_state(cache: Any) -> _CacheState | None:
+    def _cache_state(cache: Any) -> CacheState | None:
         return getattr(cache, "_sift_state", None)
 
-    def _continue(self, kwargs: dict, state: _CacheState, past_len: int) -> dict:
+    def _continue(self, kwargs: dict, state: CacheState, past_len: int) -> dict:
         """A call continuing a compressed cache: decode steps, multi-turn follow-ups."""
         ids = kwargs.get("input_ids")
         cfg = self.thinker.config
@@ -374,28 +342,13 @@ class CompressionSession:
         for key in hf.MEDIA_INPUT_KEYS:  # the history's media, passed again by a chat loop: already in the cache
             kwargs.pop(key, None)
         ref = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
-        q = ref.shape[1]
-        mask = kwargs.get("attention_mask")
-        full_len, kept_len = past_len + state.offset + q, past_len + q
-        if mask is None:
-            if bool(state.kept_mask.all()):
-                return kwargs  # no padding anywhere: the plain causal mask over the cache is right
-            full_mask = torch.cat([state.full_mask, state.full_mask.new_ones(ref.shape[0], full_len - state.full_len)], 1)
-        elif mask.shape[1] == full_len:
-            full_mask = mask
-        elif mask.shape[1] == kept_len:
-            full_mask = torch.cat([state.full_mask, mask[:, state.kept_mask.shape[1] :]], 1)
-        else:
-            raise ValueError(
-                f"attention_mask has length {mask.shape[1]}; with this compressed cache it must cover the full "
-                f"history ({full_len} tokens) or the compressed one ({kept_len} tokens)"
-            )
-        tail = full_mask[:, state.full_len :]
-        kwargs["attention_mask"] = torch.cat([state.kept_mask.to(tail.dtype), tail], dim=1)
+        new_tokens = ref.shape[1]
+        kept_mask, full_mask = continue_sequence(state, past_len, new_tokens, ref.shape[0], kwargs.get("attention_mask"))
+        if kept_mask is None:
+            return kwargs  # no padding anywhere: the plain causal mask over the cache is right
+        kwargs["attention_mask"] = kept_mask
         if kwargs.get("position_ids") is None:
-            # Text positions continue as in the uncompressed model: full-history index + rope delta.
-            text = (full_mask.long().cumsum(-1) - 1)[:, -q:] + state.rope_deltas.to(full_mask.device)
-            kwargs["position_ids"] = text[None].expand(3, -1, -1)
+            kwargs["position_ids"] = continuation_positions(state, full_mask, new_tokens)
         return kwargs
 
     def _fix_continuation_slice(self, args: tuple, kwargs: dict) -> dict:
@@ -415,7 +368,7 @@ def _media_ids(config: Any) -> list[int]:
     return [config.audio_token_id, config.video_token_id, config.image_token_id]
 
 
-def _stats(layout: TokenLayout, valid: torch.Tensor, keep: torch.Tensor, elapsed: float) -> CompressionStats:
+def _stats(layout: TokenLayout, valid: torch.Tensor, keep: torch.Tensor, elapsed: float, slots: Slots) -> CompressionStats:
     audio, video = layout.audio_mask(keep.device), layout.video_mask(keep.device)
     return CompressionStats(
         audio_before=(audio & valid).sum(1).tolist(),
@@ -426,6 +379,8 @@ def _stats(layout: TokenLayout, valid: torch.Tensor, keep: torch.Tensor, elapsed
         tokens_after=keep.sum(1).tolist(),
         selection_time_s=elapsed,
         kept_positions=[torch.nonzero(keep[b]).squeeze(1).cpu() for b in range(keep.shape[0])],
+        slots=slots,
+        input_shape=tuple(keep.shape),
     )
 
 

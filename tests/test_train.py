@@ -34,7 +34,7 @@ from sift.testbed.media import load_clip, synth_clip, write_clip  # noqa: E402
 from sift.selector import OmniSIFTSelector  # noqa: E402
 from sift.testbed.tiny import omni_inputs, tiny_processor, tiny_thinker  # noqa: E402
 from train.data import AVQADataModule, collate  # noqa: E402
-from train.module import SelectorModule, category_id, extract_letter, kept_slots  # noqa: E402
+from train.module import SelectorModule, category_id, extract_letter  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # every LightningCLI config (configs/tiny-omni*.yaml are read by train.tiny_omni, tested in test_tiny_omni.py)
@@ -252,16 +252,16 @@ def test_kd_is_zero_without_compression_and_trains_the_selector_with_it(batch):
     with sift.compress(module.model, module._compressor(1.0)) as session:
         out = module.model(**inputs, labels=labels)
     assert teacher[0].shape[0] == int((labels != -100).sum())  # the answer letter + <|im_end|> per row
-    kd_full = module._kd_loss(out.logits, session.stats, inputs["attention_mask"], teacher)
+    kd_full = module._kd_loss(out.logits, session.stats, teacher)
     assert kd_full.abs().item() < 1e-5  # identical sequences: the mapping kept -> original is exact
 
     with sift.compress(module.model, module._compressor(0.3)) as session:
         out = module.model(**inputs, labels=labels)
-    kd = module._kd_loss(out.logits, session.stats, inputs["attention_mask"], teacher)
+    kd = module._kd_loss(out.logits, session.stats, teacher)
     assert torch.isfinite(kd) and kd.item() > 0
     # The kept -> original mapping agrees with the plug-in's own label shrinking: same CE at the mapped slots.
     rows, cols = teacher[1], teacher[2]
-    slots = kept_slots(session.stats, inputs["attention_mask"], out.logits.shape[1], rows, cols)
+    slots = session.stats.slots_of(rows, cols)
     assert session.stats.tokens_after[0] < session.stats.tokens_before[0]
     manual = torch.nn.functional.cross_entropy(out.logits[rows, slots].float(), labels[rows, cols + 1])
     assert manual.item() == pytest.approx(out.loss.item(), rel=1e-5)
@@ -282,7 +282,7 @@ def test_mask_mode_gives_the_shrunk_losses_and_a_gradient(batch):
         with sift.compress(module.model, module._compressor(0.3), mode=mode) as session:
             out = module.model(**inputs, labels=labels)
         stats = session.stats if mode == "shrink" else None
-        losses[mode] = (out.loss, module._kd_loss(out.logits, stats, inputs["attention_mask"], teacher))
+        losses[mode] = (out.loss, module._kd_loss(out.logits, stats, teacher))
     for shrunk, masked in zip(losses["shrink"], losses["mask"]):
         assert masked.item() == pytest.approx(shrunk.item(), rel=1e-4, abs=1e-6)
     sum(losses["mask"]).backward()

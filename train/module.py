@@ -53,7 +53,6 @@ __all__ = [
     "MetricsJSON",
     "extract_letter",
     "category_id",
-    "kept_slots",
     "LORA_PREFIX",
     "DTYPES",
 ]
@@ -89,29 +88,6 @@ _BEHAVIOUR_KEYS = ("ste_temperature", "gumbel", "audio_advantage")
 def category_id(category: str | None) -> int:
     """A stable integer for a category name (the same on every rank and every run)."""
     return zlib.crc32(str(category).encode("utf-8")) & 0xFFFFFF  # 24 bits: exact in float32 too
-
-
-def kept_slots(
-    stats: sift.CompressionStats | None, mask: torch.Tensor, kept_length: int, rows: torch.Tensor, cols: torch.Tensor
-) -> torch.Tensor:
-    """Where input positions (rows, cols) sit in the compressed sequence of length `kept_length`.
-
-    The plug-in re-pads kept rows on the input's padding side (left unless the input is right-padded), in
-    the order of `stats.kept_positions[row]`. Raises if a position was dropped.
-    """
-    if stats is None:  # nothing was compressed (no media): the logits cover the input
-        return cols.cpu()
-    B, L = mask.shape
-    right_padded = bool((mask[:, -1] == 0).any()) and not bool((mask[:, 0] == 0).any())
-    slot_of = torch.full((B, L), -1, dtype=torch.long)
-    for b, kept in enumerate(stats.kept_positions):
-        kept = kept.cpu()
-        start = 0 if right_padded else kept_length - kept.numel()
-        slot_of[b, kept] = torch.arange(kept.numel()) + start
-    slots = slot_of[rows.cpu(), cols.cpu()]
-    if bool((slots < 0).any()):
-        raise RuntimeError("a supervised position was dropped by the compressor (only media may be dropped)")
-    return slots
 
 
 def is_lora_key(key: str) -> bool:
@@ -401,7 +377,7 @@ class SelectorModule(L.LightningModule):
         kd = rank = None
         if teacher is not None:
             stats = session.stats if self.hparams.train_mode == "shrink" else None  # mask: logits cover the input
-            kd = self._kd_loss(out.logits, stats, inputs["attention_mask"], teacher)
+            kd = self._kd_loss(out.logits, stats, teacher)
             loss = loss + self.hparams.kd_weight * kd
         if importance is not None and session.selection is not None:
             groups = selection_groups(session.layout, compressor.audio_rule)
@@ -450,13 +426,12 @@ class SelectorModule(L.LightningModule):
         self,
         student_logits: torch.Tensor,
         stats: sift.CompressionStats | None,
-        mask: torch.Tensor,
         teacher: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     ) -> torch.Tensor:
         t_logits, rows, cols = teacher
         if rows.numel() == 0:
             return student_logits.sum() * 0.0
-        slots = kept_slots(stats, mask, student_logits.shape[1], rows, cols)
+        slots = cols if stats is None else stats.slots_of(rows, cols)  # None: nothing compressed, logits cover the input
         s_logits = student_logits[rows.to(student_logits.device), slots.to(student_logits.device)]
         T = float(self.hparams.kd_temperature)
         log_p_student = F.log_softmax(s_logits.float() / T, dim=-1)
