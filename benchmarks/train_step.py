@@ -81,11 +81,11 @@ if __package__ in (None, ""):  # run as a script from a checkout without `pip in
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sift  # noqa: E402
-from sift import hf_internals as hf  # noqa: E402
 from sift.apps.bench import synthetic_inputs  # noqa: E402
 from sift.apps.runtime import PeakMemory, machine_info  # noqa: E402
 from sift.compressors.omnisift import OmniSIFT  # noqa: E402
 from sift.flops import QWEN25_OMNI_7B  # noqa: E402
+from sift.models import adapter_for  # noqa: E402
 from sift.testbed.media import synth_clip  # noqa: E402
 from sift.testbed.random_models import omni_thinker_config, random_thinker  # noqa: E402
 from sift.testbed.tiny import omni_inputs, tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer  # noqa: E402
@@ -242,7 +242,7 @@ def llm_tokens(model: torch.nn.Module, tokens: list[int]) -> Iterator[None]:
     def hook(module: torch.nn.Module, args: Any, kwargs: dict[str, Any]) -> None:
         tokens.append(int(kwargs["inputs_embeds"].shape[1]))
 
-    handle = hf.language_model(model).register_forward_pre_hook(hook, with_kwargs=True)
+    handle = adapter_for(model).language_model(model).register_forward_pre_hook(hook, with_kwargs=True)
     try:
         yield
     finally:

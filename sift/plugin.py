@@ -27,17 +27,18 @@ from typing import Any
 
 import torch
 from torch.utils.hooks import RemovableHandle
-from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniThinkerForConditionalGeneration
 
 from sift import hf_internals as hf
 from sift.compressors import CompressionBatch, Compressor, Selection, get_compressor
-from sift.layout import LAYOUT_KEYS, TokenLayout, layout_of
+from sift.layout import TokenLayout
 from sift.masked_attention import key_gates
-from sift.sequence import CacheState, Slots, continuation_positions, continue_sequence, identity_slots, shrink_sequence
+from sift.models import adapter_for, registered_adapters
+from sift.sequence import CacheState, Slots, continue_sequence, identity_slots, shrink_sequence
 
 __all__ = ["compress", "CompressionSession", "CompressionStats", "SUPPORTED_MODELS", "MODES"]
 
-SUPPORTED_MODELS = (Qwen2_5OmniThinkerForConditionalGeneration, Qwen2_5OmniForConditionalGeneration)
+#: The model classes `sift.compress` accepts: those of every registered adapter (`sift.models`).
+SUPPORTED_MODELS = tuple(c for a in registered_adapters() for c in a.thinker_classes + a.wrapper_classes)
 #: "shrink": dropped tokens leave the sequence (inference, and the default); "mask": the full sequence runs
 #: and dropped tokens are masked out of every attention layer with straight-through gates (training).
 MODES = ("shrink", "mask")
@@ -94,13 +95,14 @@ class CompressionSession:
     def __init__(self, model: torch.nn.Module, compressor: Compressor, mode: str = "shrink"):
         if mode not in MODES:
             raise ValueError(f"sift.compress: mode must be one of {MODES}, got {mode!r}")
-        if not isinstance(model, SUPPORTED_MODELS):
-            names = ", ".join(c.__name__ for c in SUPPORTED_MODELS)
-            raise TypeError(f"sift.compress supports {names}; got {type(model).__name__}")
+        try:
+            self.adapter = adapter_for(model)
+        except TypeError as e:
+            raise TypeError(f"sift.compress: {e}") from None
         if not isinstance(compressor, Compressor):
             raise TypeError(f"expected a sift Compressor, got {type(compressor).__name__}")
         self.model = model
-        self.thinker = model.thinker if isinstance(model, Qwen2_5OmniForConditionalGeneration) else model
+        self.thinker = self.adapter.thinker(model)
         self.compressor = compressor
         self.mode = mode
         self._gates = contextlib.ExitStack()  # the masked-attention gates of the language-model call in flight
@@ -124,8 +126,8 @@ class CompressionSession:
         try:
             self._handles = [
                 thinker.register_forward_pre_hook(self._before_thinker, with_kwargs=True),
-                hf.language_model(thinker).register_forward_pre_hook(self._before_language_model, with_kwargs=True),
-                hf.language_model(thinker).register_forward_hook(self._after_language_model, always_call=True),
+                self.adapter.language_model(thinker).register_forward_pre_hook(self._before_language_model, with_kwargs=True),
+                self.adapter.language_model(thinker).register_forward_hook(self._after_language_model, always_call=True),
                 thinker.register_forward_hook(self._after_thinker, with_kwargs=True),
             ]
             self._handles += self.compressor.attach(thinker, self.signals)
@@ -142,7 +144,7 @@ class CompressionSession:
                 # before the prefill forward: keep what the layout needs for the duration of the call.
                 if session.mode == "mask":
                     raise RuntimeError('sift.compress(mode="mask") is for training forwards; generate in the default mode')
-                session._generate_inputs = {k: kwargs.get(k) for k in LAYOUT_KEYS}
+                session._generate_inputs = {k: kwargs.get(k) for k in session.adapter.layout_keys}
                 session.signals.clear()
                 try:
                     return generate(thinker, *args, **kwargs)
@@ -196,8 +198,9 @@ class CompressionSession:
             attention_mask = torch.ones_like(input_ids)
             kwargs["attention_mask"] = attention_mask
         # generate() drops the grids before the prefill forward: fall back to what its wrapper kept
-        given = {k: kwargs.get(k) if kwargs.get(k) is not None else self._generate_inputs.get(k) for k in LAYOUT_KEYS}
-        layout = layout_of({**given, "input_ids": input_ids, "attention_mask": attention_mask}, self.thinker.config)
+        keys = self.adapter.layout_keys
+        given = {k: kwargs.get(k) if kwargs.get(k) is not None else self._generate_inputs.get(k) for k in keys}
+        layout = self.adapter.read_layout({**given, "input_ids": input_ids, "attention_mask": attention_mask}, self.thinker.config)
         if layout.is_empty:
             return (), kwargs
         if not self._generate_inputs:
@@ -226,7 +229,7 @@ class CompressionSession:
                 "sift.compress needs the language model to receive inputs_embeds, 3D position_ids and a 2D "
                 "attention mask (static caches with prepared 4D masks are not supported)"
             )
-        text_row, positions3 = hf.split_text_positions(positions)
+        text_row, positions3 = self.adapter.split_positions(positions)
         start = time.perf_counter()
         batch = CompressionBatch(
             embeds=embeds,
@@ -244,7 +247,7 @@ class CompressionSession:
             embeds = selection.embeds
         valid = mask.bool()
         keep = selection.keep & valid
-        prefill.rope_deltas = hf.rope_deltas(positions3, valid)
+        prefill.rope_deltas = self.adapter.rope_deltas(positions3, valid)
         if self.mode == "mask":
             self._gates.enter_context(key_gates(module.config, self._key_gate(selection, keep, valid)))
         elif selection.gate is not None:
@@ -253,7 +256,8 @@ class CompressionSession:
             prefill.slots, prefill.kept_mask = identity_slots(valid), mask
             kwargs["inputs_embeds"] = embeds
         else:
-            shrunk = shrink_sequence(embeds, positions3, mask, keep, text_row=text_row is not None)
+            text_positions = self.adapter.with_text_positions if text_row is not None else None
+            shrunk = shrink_sequence(embeds, positions3, mask, keep, text_positions)
             prefill.slots, prefill.kept_mask = shrunk.slots, shrunk.attention_mask
             kwargs.update(inputs_embeds=shrunk.inputs_embeds, attention_mask=shrunk.attention_mask, position_ids=shrunk.position_ids)
         if selection.updates is not None:
@@ -333,7 +337,7 @@ class CompressionSession:
         """A call continuing a compressed cache: decode steps, multi-turn follow-ups."""
         ids = kwargs.get("input_ids")
         cfg = self.thinker.config
-        new_media = ids is not None and bool(torch.isin(ids, ids.new_tensor(_media_ids(cfg))).any())
+        new_media = ids is not None and bool(torch.isin(ids, ids.new_tensor(self.adapter.media_token_ids(cfg))).any())
         if new_media and any(kwargs.get(k) is not None for k in hf.MEDIA_INPUT_KEYS):
             raise NotImplementedError(
                 "new images, audio or video on top of a compressed KV cache are not supported; "
@@ -348,7 +352,7 @@ class CompressionSession:
             return kwargs  # no padding anywhere: the plain causal mask over the cache is right
         kwargs["attention_mask"] = kept_mask
         if kwargs.get("position_ids") is None:
-            kwargs["position_ids"] = continuation_positions(state, full_mask, new_tokens)
+            kwargs["position_ids"] = self.adapter.continuation_positions(full_mask, state.rope_deltas, new_tokens)
         return kwargs
 
     def _fix_continuation_slice(self, args: tuple, kwargs: dict) -> dict:
@@ -362,10 +366,6 @@ class CompressionSession:
             if full_ids and n == input_ids.shape[1] - cache.get_seq_length():
                 kwargs = {**kwargs, hf.NEXT_SEQUENCE_LENGTH: n - state.offset}
         return kwargs
-
-
-def _media_ids(config: Any) -> list[int]:
-    return [config.audio_token_id, config.video_token_id, config.image_token_id]
 
 
 def _stats(layout: TokenLayout, valid: torch.Tensor, keep: torch.Tensor, elapsed: float, slots: Slots) -> CompressionStats:

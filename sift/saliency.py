@@ -51,8 +51,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from sift import hf_internals as hf
 from sift.layout import Window, same_cells
+from sift.models import adapter_for
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
@@ -219,17 +219,18 @@ def attach_audio_saliency(
     (the rows of ``feature_attention_mask``), each with one value per LLM audio token of that audio.
     Returns the hook handles; call ``.remove()`` on each to detach.
     """
-    tower, attn = hf.audio_tower(thinker), hf.audio_attention(thinker)
+    adapter = adapter_for(thinker)
+    tower, attn = adapter.audio_tower(thinker), adapter.audio_attention(thinker)
     state: dict[str, Any] = {}
 
     def tower_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         state.clear()
-        state["feature_lens"] = hf.audio_tower_feature_lens(args, kwargs)
+        state["feature_lens"] = adapter.audio_feature_lens(args, kwargs)
 
     def attn_pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
         if "feature_lens" not in state:  # attention called outside an audio-tower call
             return
-        hidden_states, cu_seqlens = hf.audio_attention_inputs(args, kwargs)
+        hidden_states, cu_seqlens = adapter.audio_attention_inputs(args, kwargs)
         with torch.no_grad():
             received = block_attention_received(
                 hidden_states.detach(), module, cu_seqlens, max_block_group=max_block_group

@@ -1,19 +1,18 @@
 """How a compressed prefill maps onto the language model's inputs, as pure functions of tensors.
 
 `shrink_sequence` drops what a selection did not keep and re-pads the batch; `continue_sequence` turns the
-full-length attention mask that `generate` and chat loops keep growing into the compressed cache's mask and
-positions. The plug-in calls both from its hooks; being free of models and hooks, they are tested alone
+full-length attention mask that `generate` and chat loops keep growing into the compressed cache's mask.
+What is model-specific (the text-position row, how positions continue) comes from the model adapter. The plug-in calls both from its hooks; being free of models and hooks, they are tested alone
 (`tests/test_sequence.py`), and `Slots` is the one record of where each kept token went, which the plug-in's
 label shrinking, its sparse embedding updates and the training app's distillation all read.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-
-from sift import hf_internals as hf
 
 __all__ = [
     "Slots",
@@ -22,7 +21,6 @@ __all__ = [
     "shrink_sequence",
     "identity_slots",
     "continue_sequence",
-    "continuation_positions",
 ]
 
 
@@ -60,14 +58,22 @@ def identity_slots(valid: torch.Tensor) -> Slots:
     return Slots(rows, src, src)
 
 
+TextPositions = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def shrink_sequence(
-    embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, keep: torch.Tensor, text_row: bool
+    embeds: torch.Tensor,
+    positions: torch.Tensor,
+    mask: torch.Tensor,
+    keep: torch.Tensor,
+    text_positions: TextPositions | None = None,
 ) -> Shrunk:
     """Drop the tokens `keep` (B, L) leaves out and re-pad rows to the longest kept row.
 
     Padding goes on the input's side: right when the input is right-padded, else left (what `generate`
-    needs). Kept tokens keep their original 3D positions (`positions`: (3, B, L)); with `text_row`, the
-    text-position row `generate` adds is rebuilt contiguous over the kept sequence.
+    needs). Kept tokens keep their original 3D positions (`positions`: (3, B, L)); `text_positions`
+    (the model adapter's `with_text_positions`, when the input had the text row `generate` adds) rebuilds
+    that row for the kept sequence.
     """
     B, _ = keep.shape
     counts = keep.sum(1)
@@ -83,8 +89,8 @@ def shrink_sequence(
     new_mask[rows, dst] = 1
     new_pos = torch.ones(3, B, K, dtype=positions.dtype, device=positions.device)
     new_pos[:, rows, dst] = positions[:, rows, src]
-    if text_row:
-        new_pos = hf.with_text_positions(new_pos, new_mask)
+    if text_positions is not None:
+        new_pos = text_positions(new_pos, new_mask)
     return Shrunk(new_embeds, new_mask, new_pos, Slots(rows, src, dst))
 
 
@@ -127,9 +133,3 @@ def continue_sequence(
         )
     tail = full_mask[:, state.full_len :]
     return torch.cat([state.kept_mask.to(tail.dtype), tail], dim=1), full_mask
-
-
-def continuation_positions(state: CacheState, full_mask: torch.Tensor, new_tokens: int) -> torch.Tensor:
-    """(3, B, new_tokens) text positions of the new tokens, as in the uncompressed model: index + rope delta."""
-    text = (full_mask.long().cumsum(-1) - 1)[:, -new_tokens:] + state.rope_deltas.to(full_mask.device)
-    return text[None].expand(3, -1, -1)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sift.sequence import CacheState, continuation_positions, continue_sequence, identity_slots, shrink_sequence
+from sift.models import Qwen25OmniAdapter
+from sift.sequence import CacheState, continue_sequence, identity_slots, shrink_sequence
 
 
 def _batch(mask: list[list[int]], keep: list[list[int]]):
@@ -18,7 +19,7 @@ def _batch(mask: list[list[int]], keep: list[list[int]]):
 
 def test_left_padded_rows_are_re_padded_on_the_left_with_their_tokens_and_positions():
     embeds, positions, mask, keep = _batch([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], [[1, 1, 0, 1, 0], [1, 0, 0, 1, 1]])
-    out = shrink_sequence(embeds, positions, mask, keep, text_row=False)
+    out = shrink_sequence(embeds, positions, mask, keep)
     assert out.attention_mask.tolist() == [[0, 1, 1], [1, 1, 1]]  # row 0 keeps 2 of its 4 tokens, row 1 keeps 3
     rows, src, dst = out.slots.rows, out.slots.src, out.slots.dst
     assert list(zip(rows.tolist(), src.tolist(), dst.tolist())) == [(0, 1, 1), (0, 3, 2), (1, 0, 0), (1, 3, 1), (1, 4, 2)]
@@ -29,14 +30,14 @@ def test_left_padded_rows_are_re_padded_on_the_left_with_their_tokens_and_positi
 
 def test_right_padded_rows_stay_right_padded():
     embeds, positions, mask, keep = _batch([[1, 1, 1, 1, 0], [1, 1, 1, 1, 1]], [[1, 0, 1, 1, 0], [0, 0, 1, 1, 0]])
-    out = shrink_sequence(embeds, positions, mask, keep, text_row=False)
+    out = shrink_sequence(embeds, positions, mask, keep)
     assert out.attention_mask.tolist() == [[1, 1, 1], [1, 1, 0]]
     assert out.slots.dst.tolist() == [0, 1, 2, 0, 1]
 
 
 def test_the_text_row_is_rebuilt_contiguous_over_the_kept_sequence():
     embeds, positions, mask, keep = _batch([[0, 1, 1, 1], [1, 1, 1, 1]], [[1, 1, 0, 1], [1, 1, 1, 0]])
-    out = shrink_sequence(embeds, positions, mask, keep, text_row=True)
+    out = shrink_sequence(embeds, positions, mask, keep, Qwen25OmniAdapter().with_text_positions)
     assert out.position_ids.shape == (4, 2, 3)
     assert out.position_ids[0].tolist() == [[0, 0, 1], [0, 1, 2]]  # padding 0, then 0, 1, ... over kept tokens
     assert torch.equal(out.position_ids[1:, 0, 1:], positions[:, 0, [1, 3]])
@@ -44,7 +45,7 @@ def test_the_text_row_is_rebuilt_contiguous_over_the_kept_sequence():
 
 def test_slots_find_kept_positions_and_refuse_dropped_ones():
     embeds, positions, mask, keep = _batch([[1, 1, 1, 1]], [[1, 0, 1, 1]])
-    slots = shrink_sequence(embeds, positions, mask, keep, text_row=False).slots
+    slots = shrink_sequence(embeds, positions, mask, keep).slots
     assert slots.lookup((1, 4), torch.tensor([0, 0]), torch.tensor([2, 3])).tolist() == [1, 2]
     with pytest.raises(RuntimeError, match="dropped"):
         slots.lookup((1, 4), torch.tensor([0]), torch.tensor([1]))
@@ -70,7 +71,7 @@ def test_a_decode_step_gets_the_compressed_mask_whichever_history_the_caller_kee
     assert kept.tolist() == [[0, 1, 1, 1, 1]]
     assert torch.equal(full_mask, full)
     # the new token is the 6th real token of the full history: text position 5 + rope delta 7
-    assert continuation_positions(state, full_mask, 1).tolist() == [[[12]]] * 3
+    assert Qwen25OmniAdapter().continuation_positions(full_mask, state.rope_deltas, 1).tolist() == [[[12]]] * 3
 
 
 def test_no_mask_needs_none_only_when_nothing_was_padded():

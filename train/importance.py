@@ -27,9 +27,9 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from sift import hf_internals as hf
 from sift.layout import TokenLayout
 from sift.masked_attention import key_gates
+from sift.models import adapter_for
 
 __all__ = ["gate_importance", "selection_groups", "has_order", "ranking_loss"]
 
@@ -42,7 +42,7 @@ def gate_importance(model: torch.nn.Module, inputs: dict, labels: torch.Tensor) 
     """
     mask = inputs["attention_mask"]
     gate = torch.ones(mask.shape, dtype=torch.float32, device=mask.device, requires_grad=True)
-    with torch.enable_grad(), key_gates(hf.language_model(model).config, gate):
+    with torch.enable_grad(), key_gates(adapter_for(model).language_model(model).config, gate):
         out = model(**inputs, labels=labels)
         n = (labels[:, 1:] != -100).sum().clamp_min(1)
         (grad,) = torch.autograd.grad(-out.loss * n, gate)

@@ -42,9 +42,9 @@ from lightning.pytorch.callbacks import Callback
 from torchmetrics.aggregation import CatMetric, MeanMetric, SumMetric
 
 import sift
-from sift import hf_internals as hf
 from sift.compressors.omnisift import OmniSIFT
 from sift.manifest import extract_letter
+from sift.models import adapter_for
 from sift.selector import OmniSIFTConfig, OmniSIFTSelector
 from train.importance import gate_importance, ranking_loss, selection_groups
 
@@ -53,12 +53,9 @@ __all__ = [
     "MetricsJSON",
     "extract_letter",
     "category_id",
-    "LORA_PREFIX",
     "DTYPES",
 ]
 
-#: Where the language model sits inside the LightningModule (`self.model` is the thinker).
-LORA_PREFIX = f"model.{hf.LANGUAGE_MODEL_PATH}."
 
 # The frozen thinker stays in eval mode on purpose (see `SelectorModule.train`); Lightning would say so on
 # every run. Also: a data module without a validation manifest returns no validation loader, on purpose.
@@ -244,7 +241,7 @@ class SelectorModule(L.LightningModule):
         if self.hparams.finetune == "lora":
             from peft import inject_adapter_in_model
 
-            inject_adapter_in_model(self.lora_config(), hf.language_model(model))
+            inject_adapter_in_model(self.lora_config(), adapter_for(model).language_model(model))
             for name, param in model.named_parameters():
                 param.requires_grad_(is_lora_key(name))
         self.model = model
@@ -305,7 +302,7 @@ class SelectorModule(L.LightningModule):
         return type(strategy).__name__.startswith("FSDP")
 
     def _model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
-        return {k: batch[k] for k in hf.THINKER_INPUT_KEYS if batch.get(k) is not None}
+        return {k: batch[k] for k in adapter_for(self.model).input_keys if batch.get(k) is not None}
 
     def sample_retention(self, batch_idx: int = 0) -> float:
         """A retention drawn from `retention_range`, identical on every rank (seeded by the step)."""
@@ -562,7 +559,7 @@ class SelectorModule(L.LightningModule):
             "selector_config": self.selector.config.to_dict(),
             "model": self.hparams.model,
             "finetune": self.hparams.finetune,
-            "lora_prefix": LORA_PREFIX,
+            "lora_prefix": f"model.{adapter_for(self.model).language_model_path}.",
         }
         if self.hparams.finetune == "lora":
             info["lora_config"] = self.lora_config().to_dict()

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from sift import hf_internals as hf
+from sift.models import adapter_for
 
 logger = logging.getLogger(__name__)
 
@@ -503,7 +504,7 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
     def capture_inputs(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
         captured["embeds"] = kwargs["inputs_embeds"]
 
-    hook = hf.language_model(model).register_forward_pre_hook(capture_inputs, with_kwargs=True)
+    hook = adapter_for(model).language_model(model).register_forward_pre_hook(capture_inputs, with_kwargs=True)
     decay, no_decay = [], []
     for name, p in list(model.named_parameters()) + list(aux_heads.named_parameters(prefix="aux")):
         (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)

@@ -64,9 +64,9 @@ from typing import Any
 
 import torch
 
-from sift import hf_internals as hf
 from sift.apps.evaluate import UsageError
 from sift.apps.runtime import PeakMemory, loadavg, machine_info, resolve_device, resolve_dtype, torch_threads
+from sift.models import adapter_for
 
 __all__ = ["run_bench", "bench_options", "synthetic_inputs", "add_arguments"]
 
@@ -171,10 +171,11 @@ class _Probe:
         self.lm_calls: list[tuple[float, int]] = []  # (seconds, tokens in)
         self.thinker_ends: list[float] = []
         self._t: dict[str, float] = {}
-        for name, module in (("audio", hf.audio_tower(self.thinker)), ("vision", hf.vision_tower(self.thinker))):
+        adapter = adapter_for(self.thinker)
+        for name, module in (("audio", adapter.audio_tower(self.thinker)), ("vision", adapter.vision_tower(self.thinker))):
             self.handles.append(module.register_forward_pre_hook(partial(self._enc_start, name)))
             self.handles.append(module.register_forward_hook(partial(self._enc_stop, name)))
-        lm = hf.language_model(self.thinker)
+        lm = adapter.language_model(self.thinker)
         self.handles.append(lm.register_forward_pre_hook(self._lm_start, with_kwargs=True))
         self.handles.append(lm.register_forward_hook(self._lm_stop))
         self.handles.append(self.thinker.register_forward_hook(self._thinker_end))

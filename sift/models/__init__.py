@@ -1,0 +1,11 @@
+"""The model seam: what sift knows about each omni model family, behind one small interface.
+
+The plug-in, the audio saliency hooks and the training app never name a model class; they ask the
+adapter of the model they were given (`adapter_for`). Supporting a new family (Qwen3-Omni) means one new
+`OmniAdapter` and its layout reader, registered here, and nothing else.
+"""
+
+from sift.models.base import OmniAdapter, adapter_for, register_adapter, registered_adapters
+from sift.models.qwen2_5_omni import Qwen25OmniAdapter
+
+__all__ = ["OmniAdapter", "adapter_for", "register_adapter", "registered_adapters", "Qwen25OmniAdapter"]

@@ -1,0 +1,115 @@
+"""The adapter interface and its registry.
+
+An adapter answers, for one model family, the questions the rest of sift would otherwise answer by naming
+classes and attribute paths: where the thinker and its language model are, how a prefill's token layout is
+read, how positions are laid out and continued, which token ids carry media, where the audio encoder's last
+attention is. kvpress keeps its per-model knowledge in one place the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from sift.layout import TokenLayout
+
+__all__ = ["OmniAdapter", "adapter_for", "register_adapter", "registered_adapters"]
+
+_ADAPTERS: list[type[OmniAdapter]] = []
+
+
+class OmniAdapter:
+    """What sift needs to know about one omni model family. Subclass, fill in, `register_adapter`."""
+
+    #: Short name in messages ("qwen2.5-omni").
+    name: ClassVar[str]
+    #: The thinker classes (input ids + media in, logits out) and the full models that hold one as `.thinker`.
+    thinker_classes: ClassVar[tuple[type, ...]] = ()
+    wrapper_classes: ClassVar[tuple[type, ...]] = ()
+    #: Thinker inputs besides `input_ids` that `read_layout` needs (kept through `generate`, which drops some).
+    layout_keys: ClassVar[tuple[str, ...]] = ()
+    #: What a thinker forward / generate takes from a processed audio+video batch (`labels` aside).
+    input_keys: ClassVar[tuple[str, ...]] = ()
+    #: Where the decoder sits in the thinker (also the prefix of LoRA adapter keys in the training app).
+    language_model_path: ClassVar[str]
+
+    @classmethod
+    def handles(cls, model: nn.Module) -> bool:
+        return isinstance(model, cls.thinker_classes + cls.wrapper_classes)
+
+    def thinker(self, model: nn.Module) -> nn.Module:
+        """The module `sift.compress` hooks: the model itself, or the thinker a full model holds."""
+        return model.thinker if isinstance(model, self.wrapper_classes) else model
+
+    def language_model(self, thinker: nn.Module) -> nn.Module:
+        """The decoder: the module that receives the merged embeddings and the positions."""
+        return thinker.get_submodule(self.language_model_path)
+
+    def read_layout(self, inputs: Mapping[str, Any], config: Any) -> TokenLayout:
+        """The audio/video token layout of a prefill's inputs (`input_ids`, `attention_mask`, `layout_keys`)."""
+        raise NotImplementedError
+
+    def split_positions(self, position_ids: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """(text row or None, media positions) of what the language model receives."""
+        raise NotImplementedError
+
+    def rope_deltas(self, positions: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, 1) offset that places decode step i of the full history at i + delta."""
+        raise NotImplementedError
+
+    def with_text_positions(self, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Media positions plus the text row `generate` adds, rebuilt for a new (shrunk) attention mask."""
+        raise NotImplementedError
+
+    def continuation_positions(self, full_mask: torch.Tensor, rope_deltas: torch.Tensor, new_tokens: int) -> torch.Tensor:
+        """Positions of `new_tokens` appended to a compressed cache, as the uncompressed model would give them."""
+        raise NotImplementedError
+
+    def media_token_ids(self, config: Any) -> list[int]:
+        """Placeholder ids of audio, video and image tokens: new media on top of a cache are refused by them."""
+        raise NotImplementedError
+
+    def hidden_size(self, config: Any) -> int:
+        """Width of the language model's embeddings (what a selector must be sized to)."""
+        return int(config.get_text_config().hidden_size)
+
+    def audio_tower(self, thinker: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def vision_tower(self, thinker: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def audio_attention(self, thinker: nn.Module) -> nn.Module:
+        """The audio encoder's last self-attention, whose inputs the audio saliency recomputes from."""
+        raise NotImplementedError
+
+    def audio_feature_lens(self, args: tuple, kwargs: Mapping[str, Any]) -> Any:
+        """The mel lengths of one audio-tower call, from its arguments."""
+        raise NotImplementedError
+
+    def audio_attention_inputs(self, args: tuple, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+        """(hidden_states, cu_seqlens) of one call of `audio_attention`, from its arguments."""
+        raise NotImplementedError
+
+
+def register_adapter(cls: type[OmniAdapter]) -> type[OmniAdapter]:
+    """Class decorator: make `adapter_for` find models this adapter handles."""
+    if cls not in _ADAPTERS:
+        _ADAPTERS.append(cls)
+    return cls
+
+
+def registered_adapters() -> list[type[OmniAdapter]]:
+    return list(_ADAPTERS)
+
+
+def adapter_for(model: nn.Module) -> OmniAdapter:
+    """The adapter of `model` (a thinker or a full omni model); TypeError naming what is supported otherwise."""
+    for cls in _ADAPTERS:
+        if cls.handles(model):
+            return cls()
+    names = ", ".join(c.__name__ for cls in _ADAPTERS for c in cls.thinker_classes + cls.wrapper_classes)
+    raise TypeError(f"sift supports {names}; got {type(model).__name__}")
