@@ -21,7 +21,7 @@ import pytest
 
 import sift
 from sift.apps.cli import main as cli_main
-from sift.compressors.random import RandomCompressor
+from sift.compressors.random_drop import RandomCompressor
 from sift.apps.evaluate import EvalError, UsageError, run_eval
 from sift.manifest import ManifestError, read_manifest, read_manifest_report
 from sift.testbed.media import synth_clip, write_clip

@@ -2,7 +2,7 @@
 
 from sift.compressors.base import CompressionBatch, Compressor, Selection, keep_count
 from sift.compressors.registry import available_compressors, get_compressor, register
-from sift.compressors import dycoke, identity, omniselect, omnisift, omnizip, random, stvp  # noqa: F401  (registration)
+from sift.compressors import dycoke, none, omniselect, omnisift, omnizip, random_drop, stvp  # noqa: F401  (registration)
 
 __all__ = [
     "Compressor",
