@@ -9,7 +9,7 @@ DEMO ?= runs/demo
 DEMO_TEST_CLIPS ?= 100
 DEMO_TRAIN_CLIPS ?= 300
 
-.PHONY: install demo demo-eval test test-lowest test-newest constraints clean
+.PHONY: install demo demo-eval test test-fast test-lowest test-newest constraints clean
 
 # Every install goes through constraints.txt, the exact stack the suite was run on (see its header to refresh).
 # deepspeed ships as an sdist whose build needs torch: build it against the torch installed first
@@ -43,6 +43,10 @@ demo-eval: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The quick loop for a change: everything but the tests marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 # The plug-in, end-to-end and internals tests on the lowest transformers pyproject.toml allows, the rest of
 # the stack pinned. transformers goes into a side folder put first on PYTHONPATH; the venv is untouched.

@@ -271,6 +271,7 @@ def inputs_by_kind(processor, synth_inputs):
     return {"synth": synth_inputs, "silent": silent, "bunny": bunny, "audio": audio}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["synth", "silent", "bunny", "audio"])
 def test_exact_budgets_on_processor_output(thinker, inputs_by_kind, kind):
     inputs = inputs_by_kind[kind]

@@ -85,6 +85,7 @@ def test_eval_function(manifest, tmp_path):
     assert result["files"] == [str(out / n) for n in ("results.json", "results.md", "accuracy.png")]
 
 
+@pytest.mark.slow
 def test_eval_cli(manifest, tmp_path):
     out = tmp_path / "cli"
     proc = _run_cli("eval", "--manifest", str(manifest), "--model", "tiny", "--methods", "none", "stvp",
@@ -149,6 +150,7 @@ def _check_bench_outputs(out: Path, prefix: str, methods: list[str], retentions:
     return result
 
 
+@pytest.mark.slow
 def test_bench_function(tmp_path, capsys):
     result = run_bench(random_init="tiny", seconds=[2, 4], methods=["random"], retentions=[0.5, 0.25], patches=8,
                        repeats=2, warmup=1, warmup_seconds=2, new_tokens=2, out=str(tmp_path), prefix="t_", threads=1,
@@ -161,6 +163,7 @@ def test_bench_function(tmp_path, capsys):
     assert exit_info.value.code == 2 and "--layers" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_bench_cli(tmp_path):
     proc = _run_cli("bench", "--random-init", "tiny", "--seconds", "2", "--methods", "stvp", "--retentions", "0.25",
                     "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--out", str(tmp_path), "--prefix", "bench_",

@@ -242,6 +242,7 @@ def _run(module: str, *args: str, **env: str) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_sift_errors_are_one_line_and_sift_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
     proc = _run("sift", "eval", "--manifest", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr

@@ -76,6 +76,7 @@ def test_hostile_lightning_checkpoint_is_refused_and_its_payload_never_runs(tmp_
     assert marker.read_text() == "pwned"
 
 
+@pytest.mark.slow
 def test_cli_export_of_a_hostile_checkpoint_fails_with_one_line(tmp_path):
     marker = tmp_path / "PWNED"
     ckpt = _hostile_lightning_ckpt(tmp_path / "last.ckpt", marker)

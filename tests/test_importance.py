@@ -38,6 +38,7 @@ def _log_likelihood(model, inputs, labels, gate=None):
     return torch.log_softmax(logits[rows, cols], dim=-1).gather(-1, labels[rows, cols + 1][:, None]).sum()
 
 
+@pytest.mark.slow
 def test_importance_is_the_first_order_effect_of_dropping_a_token(frozen, synth_inputs):
     inputs = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in synth_inputs.items()}
     labels = _labels(inputs)
@@ -94,6 +95,7 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
+@pytest.mark.slow
 def test_ranking_loss_trains_the_selector_towards_the_teachers_order(thinker_config, synth_inputs):
     """Only the selector learns; after a few steps its video scores follow the teacher's order much better."""
     torch.manual_seed(0)
@@ -120,6 +122,7 @@ def test_ranking_loss_trains_the_selector_towards_the_teachers_order(thinker_con
     assert correlations[-1] > correlations[0] + 0.3, correlations
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a step outside a Trainer
 def test_selector_module_adds_the_ranking_term(thinker_config, synth_inputs):
     pytest.importorskip("lightning")
@@ -140,6 +143,7 @@ def test_selector_module_adds_the_ranking_term(thinker_config, synth_inputs):
         SelectorModule(model="tiny", importance_weight=-1.0)
 
 
+@pytest.mark.slow
 def test_agreement_benchmark_reports_every_selector(tmp_path):
     """benchmarks/importance_agreement.py runs on the shipped v2 model; an exact copy of the untrained
     selector agrees with it exactly, and agreement numbers are in range."""

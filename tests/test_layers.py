@@ -42,6 +42,7 @@ def test_layer_imports_point_down_only(path):
             assert not private, f"{path.name} imports private names {private} from {module}"
 
 
+@pytest.mark.slow
 def test_import_sift_loads_neither_testbed_nor_apps():
     code = "import sys, sift; print(sorted(m for m in sys.modules if m.startswith(('sift.testbed', 'sift.apps'))))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"

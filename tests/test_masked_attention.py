@@ -76,6 +76,7 @@ def test_masked_forward_equals_the_shrunk_forward(frozen, synth_inputs, method):
     torch.testing.assert_close(masked.loss, shrunk.loss, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_every_media_token_gets_gradient_only_in_mask_mode(frozen, synth_inputs):
     torch.manual_seed(0)
     selector = OmniSIFTSelector.from_config(frozen.config, init="random").train()
@@ -97,6 +98,7 @@ def test_every_media_token_gets_gradient_only_in_mask_mode(frozen, synth_inputs)
     assert all(p.grad is None for p in frozen.parameters())
 
 
+@pytest.mark.slow
 def test_mask_mode_trains_the_selector_parameters(frozen, synth_inputs):
     selector = OmniSIFTSelector.from_config(frozen.config).train()  # init="omnizip": zero last layers
     comp = OmniSIFT(retention=0.3, selector=selector)

@@ -281,6 +281,7 @@ def real_inputs(processor):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["synth", "silent", "bunny", "batch", "audio"])
 def test_exact_budgets_through_compress(thinker, real_inputs, name):
     inputs = real_inputs[name]

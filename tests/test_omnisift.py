@@ -61,6 +61,7 @@ def test_gradients_reach_every_selector_parameter_and_never_the_model(frozen, sy
     assert all(p.grad is None for p in frozen.parameters())
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(frozen, synth_inputs):
     torch.manual_seed(0)
     selector = OmniSIFTSelector.from_config(frozen.config, init="random").train()
@@ -120,6 +121,7 @@ def test_save_and_load_give_identical_selections(thinker, synth_inputs, tmp_path
         assert n1 == n2 and torch.equal(p1, p2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("retention", [0.2, 0.45, 0.8])
 def test_omnizip_init_reproduces_training_free_selection(thinker, synth_inputs, retention):
     def kept(comp):

@@ -113,6 +113,7 @@ def test_chunk_rule_with_a_retention_keeps_the_exact_budget(thinker, synth_input
     assert max(abs(k / s - per_window[0] / sizes[0]) for k, s in zip(per_window, sizes) if s) < 0.1
 
 
+@pytest.mark.slow
 def test_clip_and_chunk_rules_differ_only_in_where_audio_is_ranked(thinker, synth_inputs):
     selector = OmniSIFTSelector.from_config(thinker.config, init="random")
     results = {}

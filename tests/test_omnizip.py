@@ -132,16 +132,14 @@ def test_odd_frame_keeps_the_changed_cells(interleaved):
 
 
 @pytest.mark.parametrize("retention", [0.1, 0.25, 0.35, 0.45, 0.7, 1.0])
-def test_exact_budget_through_the_model(thinker, processor, retention):
+def test_a_retention_splits_audio_and_video_as_the_presets_do(thinker, processor, retention):
+    """The exact total is tests/test_methods.py's; here: audio keeps 0.3 more of its tokens than video."""
     inputs = omni_inputs(processor, [synth_clip(7.0, tone_hz=550.0)], ["What sound?"])
     with sift.compress(thinker, "omnizip", retention=retention) as session, torch.no_grad():
-        out = thinker(**inputs)
+        thinker(**inputs)
     s = session.stats
-    n = s.audio_before[0] + s.video_before[0]
-    assert s.audio_after[0] + s.video_after[0] == keep_count(n, retention)
     layout = sift.layout_of(inputs, thinker.config)
     assert (s.audio_after[0], s.video_after[0]) == split_row(layout.rows[0], retention, 0.3)
-    assert out.logits.shape[1] == s.tokens_after[0]
 
 
 def test_presets_match_reference_budget(thinker, synth_inputs):
@@ -161,6 +159,7 @@ def test_video_without_audio_falls_back_to_video_only(thinker, processor):
     assert s.audio_before == [0] and s.video_after[0] == keep_count(s.video_before[0], 0.3)
 
 
+@pytest.mark.slow
 def test_batch_rows_select_as_alone(thinker, processor):
     clips = [synth_clip(4.0, seed=1), synth_clip(8.0, seed=2, tone_hz=300.0)]
     prompts = ["a?", "b?"]

@@ -132,6 +132,7 @@ def test_generate_equals_manual_cache_loop_on_shrunk_input(thinker, synth_inputs
     assert int(first_decode[-3:].max()) == int(pos3.max()) + 1
 
 
+@pytest.mark.slow
 def test_batch_rows_match_runs_alone(thinker, batch_inputs):
     batch, alone = batch_inputs
     assert (batch["attention_mask"] == 0).any(), "the batch must be padded for this test to mean something"
@@ -300,6 +301,7 @@ def _flash_available() -> bool:
     return torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not _flash_available(), reason="flash_attention_2 needs a CUDA GPU and the flash-attn package")
 def test_flash_attention_2_matches_sdpa(thinker_config, synth_inputs):
     inputs = {k: (v.cuda() if torch.is_tensor(v) else v) for k, v in synth_inputs.items()}

@@ -118,6 +118,7 @@ def short_inputs(processor):
     return omni_inputs(processor, [_clip_short()], PROMPT)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["long", "pair", "pair-unsharpened"])
 def test_blocks_match_full_matrix_reference(thinker, sharp, long_inputs, pair_inputs, which):
     inputs = long_inputs if which == "long" else pair_inputs
@@ -150,6 +151,7 @@ def test_blocks_match_full_matrix_reference(thinker, sharp, long_inputs, pair_in
     torch.testing.assert_close(torch.cat(per_audio), ref_pooled, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_lengths_positivity_and_block_invariant(sharp, thinker_config, pair_inputs):
     seen, per_audio = _run(sharp, pair_inputs)
     mel_lens = pair_inputs["feature_attention_mask"].sum(1)
@@ -171,6 +173,7 @@ def test_lengths_positivity_and_block_invariant(sharp, thinker_config, pair_inpu
     assert bool((pos > 0).all())
 
 
+@pytest.mark.slow
 def test_no_mixing_across_audios(sharp, long_inputs, short_inputs, pair_inputs, processor):
     alone_long = _saliency(sharp, long_inputs)
     alone_short = _saliency(sharp, short_inputs)

@@ -10,8 +10,11 @@ import torch
 
 from sift.manifest import read_manifest
 from sift.testbed.synthav import generate
-from train.data import AVQADataset
-from train.tiny_omni import CAPTION_TURN, ClipCache, TinyOmniConfig, build_tokenizer_and_processor, load_config, train
+
+pytest.importorskip("lightning")  # train.data is the training app's (the train extra)
+
+from train.data import AVQADataset  # noqa: E402
+from train.tiny_omni import CAPTION_TURN, ClipCache, TinyOmniConfig, build_tokenizer_and_processor, load_config, train  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "checkpoints" / "tiny-omni"
@@ -185,6 +188,7 @@ def _full_token_row(checkpoint: Path, data: Path) -> dict:
     return row
 
 
+@pytest.mark.slow
 def test_shipped_tiny_omni_loads_and_answers_fresh_synthav_clips(tmp_path):
     """checkpoints/tiny-omni is a real from_pretrained folder (< 25 MB) that answers SynthAV questions it never
     saw (another seed than its training data) with all tokens, through `sift eval`'s processor path."""
@@ -197,6 +201,7 @@ def test_shipped_tiny_omni_loads_and_answers_fresh_synthav_clips(tmp_path):
     assert row["accuracy"] >= 0.75, row
 
 
+@pytest.mark.slow
 def test_shipped_tiny_omni_v2_answers_fresh_v2_clips_with_its_pixel_budget(tmp_path):
     """checkpoints/tiny-omni-v2 reads SynthAV v2 frames whole (its processor carries v2's pixel budget: 64
     video tokens per second, over 70% of the media) and answers questions it never saw."""

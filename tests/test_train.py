@@ -292,6 +292,7 @@ def test_mask_mode_gives_the_shrunk_losses_and_a_gradient(batch):
         SelectorModule(model="tiny", train_mode="drop")
 
 
+@pytest.mark.slow
 def test_overfitting_one_batch_lowers_the_loss(clips, one_thread):
     # Selector and LoRA together: which tokens a random tiny model keeps barely moves its loss (the
     # selector-only loss decrease is checked in test_omnisift), LoRA makes the overfit clear.
@@ -333,6 +334,7 @@ def first_run(clips, tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_checkpoints_hold_only_trainable_weights(first_run):
     folder = _checkpoints(first_run)
     names = sorted(p.name for p in folder.glob("*.ckpt"))
@@ -347,6 +349,7 @@ def test_checkpoints_hold_only_trainable_weights(first_run):
     assert (folder / "last.ckpt").stat().st_size < 16 * n_selector + 1_000_000  # no frozen model in there
 
 
+@pytest.mark.slow
 def test_export_then_compress_with_the_exported_selector(first_run, clips, tmp_path):
     ckpt = _checkpoints(first_run) / "last.ckpt"
     out = tmp_path / "selector"
@@ -369,6 +372,7 @@ def test_export_then_compress_with_the_exported_selector(first_run, clips, tmp_p
     assert session.stats.retention == pytest.approx(0.35, abs=0.02)
 
 
+@pytest.mark.slow
 def test_export_refuses_what_is_not_a_checkpoint(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "train", "export", str(tmp_path), str(tmp_path / "out")],
@@ -389,6 +393,7 @@ def test_export_refuses_what_is_not_a_checkpoint(tmp_path):
         export(tmp_path / "junk.ckpt", tmp_path / "out")
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_continues_at_the_saved_step(first_run, clips, tmp_path):
     shutil.copytree(first_run / "runs", tmp_path / "runs")  # the interrupted run, as it was left
     before = _load(_checkpoints(tmp_path) / "last.ckpt")
@@ -405,6 +410,7 @@ def test_interrupt_and_resume_continues_at_the_saved_step(first_run, clips, tmp_
     assert _summary(tmp_path)["global_step"] == 6
 
 
+@pytest.mark.slow
 def test_skipped_videos_are_counted(clips, tmp_path):
     proc = _fit(tmp_path, clips["bad"], "--data.batch_size", "1", "--trainer.max_steps", "-1", val=clips["bad"])
     assert "train/skipped: 2 " in proc.stdout
@@ -413,6 +419,7 @@ def test_skipped_videos_are_counted(clips, tmp_path):
     assert any(r.get("train/loss") for r in _metrics_rows(tmp_path))  # the two readable videos trained
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_agree_on_validation(clips, tmp_path):
     # 6 samples (2 missing videos) over 2 ranks, batch 1: a rank may meet an empty batch while the other
     # trains; it must still take part in the gradient all-reduce (no hang), and skips are summed over ranks.
@@ -434,6 +441,7 @@ def test_ddp_two_cpu_processes_agree_on_validation(clips, tmp_path):
     assert {k for k in m0 if k.startswith("val/acc/")} == {"val/acc/color", "val/acc/motion", "val/acc/sound"}
 
 
+@pytest.mark.slow
 def test_lora_with_distillation_trains_and_exports_a_peft_adapter(clips, tmp_path):
     from peft import PeftModel
     from safetensors.torch import load_file
@@ -478,6 +486,7 @@ def test_lora_with_distillation_trains_and_exports_a_peft_adapter(clips, tmp_pat
 # ----------------------------------------------------------------------------------------- DeepSpeed export
 
 
+@pytest.mark.slow
 def test_export_reads_a_deepspeed_zero_checkpoint(tmp_path, monkeypatch):
     """A ZeRO-2 checkpoint laid out as Lightning's DeepSpeedStrategy writes it (CPU, gloo, one process)."""
     deepspeed = pytest.importorskip("deepspeed")

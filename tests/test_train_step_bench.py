@@ -25,6 +25,7 @@ def train_step():
         sys.modules.pop(spec.name, None)
 
 
+@pytest.mark.slow
 def test_tiny_train_step_table(train_step, tmp_path):
     result = train_step.main(["--models", "tiny", "--seconds", "4", "--repeats", "1", "--warmup", "0",
                               "--out", str(tmp_path), "--quiet"])
