@@ -255,12 +255,6 @@ def build_layout(
             (wrong counts, missing grids, a silent video under `use_audio_in_video=True`, ...).
     """
     cfg = _thinker_config(config)
-    audio_id, video_id = cfg.audio_token_id, cfg.video_token_id
-    merge = cfg.vision_config.spatial_merge_size
-    per_second = cfg.position_id_per_seconds
-    seconds_per_chunk = cfg.seconds_per_chunk
-    tokens_per_chunk = int(per_second * seconds_per_chunk)
-
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be (batch, seq_len), got shape {tuple(input_ids.shape)}")
     ids_cpu = input_ids.detach().cpu()
@@ -269,102 +263,125 @@ def build_layout(
     )
     if valid.shape != ids_cpu.shape:
         raise ValueError(f"attention_mask shape {tuple(valid.shape)} != input_ids shape {tuple(ids_cpu.shape)}")
+    media = _MediaInputs.read(cfg, video_grid_thw, video_second_per_grid, feature_attention_mask, audio_feature_lengths,
+                              use_audio_in_video)
+    rows = [media.row(b, ids_cpu[b], valid[b]) for b in range(ids_cpu.shape[0])]
+    media.check_all_used()
+    return TokenLayout(rows=rows, seq_len=ids_cpu.shape[1], seconds_per_chunk=float(cfg.seconds_per_chunk))
 
-    grids = None if video_grid_thw is None else video_grid_thw.detach().cpu().long()
-    if video_second_per_grid is not None and not torch.is_tensor(video_second_per_grid):
-        video_second_per_grid = torch.tensor(video_second_per_grid)
-    spgs = None if video_second_per_grid is None else video_second_per_grid.detach().cpu().float().reshape(-1)
-    if grids is not None and spgs is not None and spgs.numel() != grids.shape[0]:
-        raise ValueError(
-            f"video_second_per_grid has {spgs.numel()} entries but video_grid_thw has {grids.shape[0]} videos"
+
+@dataclass
+class _MediaInputs:
+    """The batch's media descriptions, consumed in order of appearance while the rows are read."""
+
+    cfg: Any
+    grids: torch.Tensor | None  # (num_videos, 3)
+    spgs: torch.Tensor | None  # (num_videos,) seconds per temporal grid
+    audio_counts: list[int] | None  # LLM audio tokens per audio item, from the mel lengths
+    use_audio_in_video: bool | None
+    video_idx: int = 0
+    audio_idx: int = 0
+
+    @classmethod
+    def read(cls, cfg, video_grid_thw, video_second_per_grid, feature_attention_mask, audio_feature_lengths,
+             use_audio_in_video) -> _MediaInputs:
+        grids = None if video_grid_thw is None else video_grid_thw.detach().cpu().long()
+        if video_second_per_grid is not None and not torch.is_tensor(video_second_per_grid):
+            video_second_per_grid = torch.tensor(video_second_per_grid)
+        spgs = None if video_second_per_grid is None else video_second_per_grid.detach().cpu().float().reshape(-1)
+        if grids is not None and spgs is not None and spgs.numel() != grids.shape[0]:
+            raise ValueError(
+                f"video_second_per_grid has {spgs.numel()} entries but video_grid_thw has {grids.shape[0]} videos"
+            )
+        if feature_attention_mask is not None:
+            audio_feature_lengths = feature_attention_mask.sum(-1)
+        audio_counts = None
+        if audio_feature_lengths is not None:
+            audio_counts = audio_tokens_from_features(audio_feature_lengths.detach().cpu().long()).tolist()
+        return cls(cfg, grids, spgs, audio_counts, use_audio_in_video)
+
+    def row(self, b: int, ids: torch.Tensor, valid: torch.Tensor) -> RowLayout:
+        """The segments of row `b`: one per contiguous run of audio/video tokens."""
+        pos = torch.nonzero(valid).squeeze(1)
+        toks = ids[pos]
+        is_audio = toks == self.cfg.audio_token_id
+        is_media = (is_audio | (toks == self.cfg.video_token_id)).tolist()
+        segments = [self._segment(b, pos[i:j], is_audio[i:j]) for i, j in _runs(is_media)]
+        return RowLayout(segments=segments, length=int(pos.numel()))
+
+    def _segment(self, b: int, run_pos: torch.Tensor, run_audio: torch.Tensor) -> Segment:
+        has_a, has_v = bool(run_audio.any()), bool((~run_audio).any())
+        self._check_run(b, run_audio, has_a, has_v)
+        kind: SegmentKind = "audio_in_video" if (has_a and has_v) else ("video" if has_v else "audio")
+        video_item, audio_item = (self.video_idx if has_v else -1), (self.audio_idx if has_a else -1)
+        merge = self.cfg.vision_config.spatial_merge_size
+        windows = _segment_windows(
+            kind,
+            run_pos,
+            run_audio,
+            grid=self.grids[self.video_idx].tolist() if has_v else None,
+            second_per_grid=(self.spgs[self.video_idx] if self.spgs is not None else None) if has_v else None,
+            merge=merge,
+            per_second=self.cfg.position_id_per_seconds,
+            tokens_per_chunk=int(self.cfg.position_id_per_seconds * self.cfg.seconds_per_chunk),
+            video_item=video_item,
+            audio_item=audio_item,
+            where=f"row {b}, {kind} segment at position {int(run_pos[0])}",
         )
-    if feature_attention_mask is not None:
-        audio_feature_lengths = feature_attention_mask.sum(-1)
-    audio_counts = None
-    if audio_feature_lengths is not None:
-        audio_counts = audio_tokens_from_features(audio_feature_lengths.detach().cpu().long()).tolist()
+        self.video_idx += int(has_v)
+        self.audio_idx += int(has_a)
+        return Segment(kind=kind, start=int(run_pos[0]), end=int(run_pos[-1]) + 1, windows=tuple(windows),
+                       video_item=video_item, audio_item=audio_item)
 
-    video_idx, audio_idx = 0, 0
-    rows: list[RowLayout] = []
-    for b in range(ids_cpu.shape[0]):
-        pos = torch.nonzero(valid[b]).squeeze(1)
-        toks = ids_cpu[b, pos]
-        is_audio = toks == audio_id
-        is_video = toks == video_id
-        media = (is_audio | is_video).tolist()
-        segments: list[Segment] = []
-        i, n = 0, len(media)
-        while i < n:
-            if not media[i]:
-                i += 1
-                continue
-            j = i
-            while j < n and media[j]:
-                j += 1
-            run_pos = pos[i:j]
-            run_audio = is_audio[i:j]
-            has_a, has_v = bool(run_audio.any()), bool((~run_audio).any())
-            if has_v:
-                if grids is None:
-                    raise ValueError(f"row {b}: input_ids hold video tokens but video_grid_thw was not given")
-                if video_idx >= grids.shape[0]:
-                    raise ValueError(
-                        f"row {b}: found video #{video_idx} in input_ids but video_grid_thw has {grids.shape[0]} entries"
-                    )
-                if use_audio_in_video and not has_a:
-                    raise ValueError(
-                        f"row {b}: video #{video_idx} has no audio tokens but use_audio_in_video=True; "
-                        "process silent videos with load_audio_from_video=False"
-                    )
-                if use_audio_in_video is False and has_a:
-                    raise ValueError(
-                        f"row {b}: video #{video_idx} is interleaved with audio but use_audio_in_video=False"
-                    )
-            if has_a and audio_counts is not None:
-                if audio_idx >= len(audio_counts):
-                    raise ValueError(
-                        f"row {b}: found audio #{audio_idx} in input_ids but only {len(audio_counts)} audio inputs"
-                    )
-                n_a = int(run_audio.sum())
-                if n_a != audio_counts[audio_idx]:
-                    raise ValueError(
-                        f"row {b}: audio #{audio_idx} has {n_a} tokens in input_ids but its features give "
-                        f"{audio_counts[audio_idx]}"
-                    )
-            kind: SegmentKind = "audio_in_video" if (has_a and has_v) else ("video" if has_v else "audio")
-            windows = _segment_windows(
-                kind,
-                run_pos,
-                run_audio,
-                grid=grids[video_idx].tolist() if has_v else None,
-                second_per_grid=(spgs[video_idx] if spgs is not None else None) if has_v else None,
-                merge=merge,
-                per_second=per_second,
-                tokens_per_chunk=tokens_per_chunk,
-                video_item=video_idx if has_v else -1,
-                audio_item=audio_idx if has_a else -1,
-                where=f"row {b}, {kind} segment at position {int(run_pos[0])}",
-            )
-            segments.append(
-                Segment(
-                    kind=kind,
-                    start=int(run_pos[0]),
-                    end=int(run_pos[-1]) + 1,
-                    windows=tuple(windows),
-                    video_item=video_idx if has_v else -1,
-                    audio_item=audio_idx if has_a else -1,
+    def _check_run(self, b: int, run_audio: torch.Tensor, has_a: bool, has_v: bool) -> None:
+        """The run agrees with the grids, the audio lengths and the use_audio_in_video flag given."""
+        video_idx, audio_idx, grids, audio_counts = self.video_idx, self.audio_idx, self.grids, self.audio_counts
+        if has_v:
+            if grids is None:
+                raise ValueError(f"row {b}: input_ids hold video tokens but video_grid_thw was not given")
+            if video_idx >= grids.shape[0]:
+                raise ValueError(
+                    f"row {b}: found video #{video_idx} in input_ids but video_grid_thw has {grids.shape[0]} entries"
                 )
-            )
-            video_idx += int(has_v)
-            audio_idx += int(has_a)
-            i = j
-        rows.append(RowLayout(segments=segments, length=int(pos.numel())))
+            if self.use_audio_in_video and not has_a:
+                raise ValueError(
+                    f"row {b}: video #{video_idx} has no audio tokens but use_audio_in_video=True; "
+                    "process silent videos with load_audio_from_video=False"
+                )
+            if self.use_audio_in_video is False and has_a:
+                raise ValueError(f"row {b}: video #{video_idx} is interleaved with audio but use_audio_in_video=False")
+        if has_a and audio_counts is not None:
+            if audio_idx >= len(audio_counts):
+                raise ValueError(
+                    f"row {b}: found audio #{audio_idx} in input_ids but only {len(audio_counts)} audio inputs"
+                )
+            n_a = int(run_audio.sum())
+            if n_a != audio_counts[audio_idx]:
+                raise ValueError(
+                    f"row {b}: audio #{audio_idx} has {n_a} tokens in input_ids but its features give "
+                    f"{audio_counts[audio_idx]}"
+                )
 
-    if grids is not None and video_idx != grids.shape[0]:
-        raise ValueError(f"video_grid_thw has {grids.shape[0]} videos but input_ids hold {video_idx}")
-    if audio_counts is not None and audio_idx != len(audio_counts):
-        raise ValueError(f"{len(audio_counts)} audio inputs were given but input_ids hold {audio_idx}")
-    return TokenLayout(rows=rows, seq_len=ids_cpu.shape[1], seconds_per_chunk=float(seconds_per_chunk))
+    def check_all_used(self) -> None:
+        if self.grids is not None and self.video_idx != self.grids.shape[0]:
+            raise ValueError(f"video_grid_thw has {self.grids.shape[0]} videos but input_ids hold {self.video_idx}")
+        if self.audio_counts is not None and self.audio_idx != len(self.audio_counts):
+            raise ValueError(f"{len(self.audio_counts)} audio inputs were given but input_ids hold {self.audio_idx}")
+
+
+def _runs(flags: list[bool]) -> list[tuple[int, int]]:
+    """[start, end) of every maximal run of True."""
+    runs, i, n = [], 0, len(flags)
+    while i < n:
+        if not flags[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and flags[j]:
+            j += 1
+        runs.append((i, j))
+        i = j
+    return runs
 
 
 def layout_of(inputs: Any, config: Any) -> TokenLayout:
