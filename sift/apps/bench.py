@@ -386,11 +386,57 @@ def run_bench(args: argparse.Namespace | None = None, **options: Any) -> dict[st
 
 
 def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
-    import sift
-    from sift.flops import flops, text_dims
+    from sift.flops import text_dims
 
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
+    methods, seconds_list = _check_options(args)
+    t_start = time.perf_counter()
+    model, processor, flops_config, desc = _build(args, device, dtype)
+    T_full, d, m = text_dims(flops_config)
+    scale = T_full / desc["layers_built"] if desc.get("layers_real") else 1.0
+    configs: list[tuple[str, float]] = [("full", 1.0)] + [(mth, float(r)) for mth in methods for r in args.retentions]
+    compressors = {(mth, r): _compressor(mth, r, model, args.selector) for mth, r in configs if mth != "full"}
+    memory = PeakMemory(device)
+    info = machine_info(device)
+    progress = _NoProgress() if args.quiet else _progress(len(seconds_list) * (args.warmup + args.repeats) * len(configs))
+    rows: list[dict[str, Any]] = []
+    inputs_info: list[dict[str, Any]] = []
+    for seconds in seconds_list:
+        inputs, warm_inputs = _bench_inputs(args, processor, seconds, device, dtype)
+        inputs_info.append(_inputs_info(model.config, inputs, seconds))
+        samples = _measure(args, model, inputs, warm_inputs, configs, compressors, device, memory, progress, seconds)
+        rows += _rows(args, samples, configs, scale, flops_config, inputs_info[-1], seconds)
+        del inputs, warm_inputs
+    progress.close()
+    result = dict(
+        command=getattr(args, "command_line", None) or _command_line(args),
+        device=str(device),
+        dtype=str(dtype).replace("torch.", ""),
+        attn_implementation=args.attn,
+        model=desc,
+        llm_dims=dict(layers=T_full, hidden=d, ffn=m),
+        layer_scale=scale,
+        memory_kind=memory.kind,
+        machine={**info, "loadavg_end": loadavg()},
+        settings=dict(
+            seconds=seconds_list, methods=methods, retentions=[float(r) for r in args.retentions],
+            repeats=args.repeats, warmup=args.warmup, warmup_seconds=args.warmup_seconds or None,
+            new_tokens=args.new_tokens,
+            flops_new_tokens=args.flops_new_tokens, patches=args.patches, selector=args.selector,
+        ),
+        inputs=inputs_info,
+        rows=rows,
+        wall_s=time.perf_counter() - t_start,
+    )
+    _write_outputs(result, args)
+    return result
+
+
+def _check_options(args: argparse.Namespace) -> tuple[list[str], list[int]]:
+    """(methods, seconds), every option checked before anything is built."""
+    import sift
+
     methods = list(args.methods) if args.methods else [m for m in sift.available_compressors() if m != "none"]
     methods = [m for m in methods if m != "none"]
     unknown = [m for m in methods if m not in sift.available_compressors()]
@@ -415,87 +461,83 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     for s in seconds_list:
         if s < 2 or s % 2:
             raise UsageError(f"--seconds values must be even numbers >= 2, got {s}")
+    return methods, seconds_list
 
-    t_start = time.perf_counter()
-    model, processor, flops_config, desc = _build(args, device, dtype)
-    T_full, d, m = text_dims(flops_config)
-    scale = T_full / desc["layers_built"] if desc.get("layers_real") else 1.0
-    configs: list[tuple[str, float]] = [("full", 1.0)] + [(mth, float(r)) for mth in methods for r in args.retentions]
-    compressors = {(mth, r): _compressor(mth, r, model, args.selector) for mth, r in configs if mth != "full"}
-    memory = PeakMemory(device)
-    info = machine_info(device)
 
-    progress = None
-    if not args.quiet:
-        from tqdm.auto import tqdm
+class _NoProgress:
+    def set_postfix_str(self, s: str) -> None:
+        pass
 
-        total = len(seconds_list) * (args.warmup + args.repeats) * len(configs)
-        progress = tqdm(total=total, desc="sift bench", unit="run", file=sys.stderr)
+    def update(self, n: int = 1) -> None:
+        pass
 
-    rows: list[dict[str, Any]] = []
-    inputs_info: list[dict[str, Any]] = []
-    for seconds in seconds_list:
-        cpu_inputs = synthetic_inputs(processor, seconds, patches=args.patches, seed=args.seed, dtype=dtype)
-        inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in cpu_inputs.items()}
-        ids = inputs["input_ids"][0]
-        cfg = model.config
-        n_video = int((ids == cfg.video_token_id).sum())
-        n_audio = int((ids == cfg.audio_token_id).sum())
-        inputs_info.append(dict(seconds=seconds, seq_len=int(ids.numel()), video_tokens=n_video, audio_tokens=n_audio,
-                                video_grid_thw=inputs["video_grid_thw"][0].tolist()))
-        samples: dict[tuple[str, float], list[dict[str, Any]]] = {c: [] for c in configs}
-        warm_inputs = inputs
-        if args.warmup and args.warmup_seconds and args.warmup_seconds != seconds:
-            warm = synthetic_inputs(processor, args.warmup_seconds, patches=args.patches, seed=args.seed, dtype=dtype)
-            warm_inputs = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in warm.items()}
-        for round_ in range(args.warmup + args.repeats):
-            timed = round_ >= args.warmup
-            for cfg_key in configs:
-                comp = compressors.get(cfg_key)
-                sample = _run_once(model, inputs if timed else warm_inputs, comp, args.new_tokens, device, memory)
-                if timed:
-                    samples[cfg_key].append(sample)
-                if progress is not None:
-                    progress.set_postfix_str(f"{seconds}s {cfg_key[0]}@{cfg_key[1]:g}")
-                    progress.update(1)
-        full = _summarise(samples[("full", 1.0)], scale)
-        full_flops = flops(flops_config, full["llm_tokens"], args.flops_new_tokens)
-        for mth, r in configs:
-            row = _summarise(samples[(mth, r)], scale)
-            row.update(seconds=seconds, method=mth, retention=r)
-            if mth == "full":
-                row.update(media_before=n_video + n_audio, media_kept=n_video + n_audio)
-            row["achieved_retention"] = row["media_kept"] / max(1, row["media_before"])
-            row["flops"] = flops(flops_config, row["llm_tokens"], args.flops_new_tokens)
-            row["flops_ratio"] = row["flops"] / full_flops
-            row["prefill_speedup"] = full["llm_prefill_s"] / row["llm_prefill_s"]
-            row["ttft_speedup"] = full["ttft_s"] / row["ttft_s"]
-            row["ideal_speedup"] = 1.0 / r
-            rows.append(row)
-        del inputs, cpu_inputs, warm_inputs
-    if progress is not None:
-        progress.close()
+    def close(self) -> None:
+        pass
 
-    result = dict(
-        command=getattr(args, "command_line", None) or _command_line(args),
-        device=str(device),
-        dtype=str(dtype).replace("torch.", ""),
-        attn_implementation=args.attn,
-        model=desc,
-        llm_dims=dict(layers=T_full, hidden=d, ffn=m),
-        layer_scale=scale,
-        memory_kind=memory.kind,
-        machine={**info, "loadavg_end": loadavg()},
-        settings=dict(
-            seconds=seconds_list, methods=methods, retentions=[float(r) for r in args.retentions],
-            repeats=args.repeats, warmup=args.warmup, warmup_seconds=args.warmup_seconds or None,
-            new_tokens=args.new_tokens,
-            flops_new_tokens=args.flops_new_tokens, patches=args.patches, selector=args.selector,
-        ),
-        inputs=inputs_info,
-        rows=rows,
-        wall_s=time.perf_counter() - t_start,
-    )
+
+def _progress(total: int) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="sift bench", unit="run", file=sys.stderr)
+
+
+def _bench_inputs(args, processor, seconds: int, device: torch.device, dtype: torch.dtype) -> tuple[dict, dict]:
+    """(timed inputs, warm-up inputs) on the device; the warm-up clip is --warmup-seconds long when given."""
+    def on_device(inputs: dict[str, Any]) -> dict[str, Any]:
+        return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+
+    inputs = on_device(synthetic_inputs(processor, seconds, patches=args.patches, seed=args.seed, dtype=dtype))
+    if args.warmup and args.warmup_seconds and args.warmup_seconds != seconds:
+        warm = synthetic_inputs(processor, args.warmup_seconds, patches=args.patches, seed=args.seed, dtype=dtype)
+        return inputs, on_device(warm)
+    return inputs, inputs
+
+
+def _inputs_info(config: Any, inputs: dict[str, Any], seconds: int) -> dict[str, Any]:
+    ids = inputs["input_ids"][0]
+    return dict(seconds=seconds, seq_len=int(ids.numel()), video_tokens=int((ids == config.video_token_id).sum()),
+                audio_tokens=int((ids == config.audio_token_id).sum()), video_grid_thw=inputs["video_grid_thw"][0].tolist())
+
+
+def _measure(args, model, inputs, warm_inputs, configs, compressors, device, memory, progress, seconds) -> dict:
+    """Every configuration, round after round (--warmup untimed rounds first, on the warm-up inputs)."""
+    samples: dict[tuple[str, float], list[dict[str, Any]]] = {c: [] for c in configs}
+    for round_ in range(args.warmup + args.repeats):
+        timed = round_ >= args.warmup
+        for cfg_key in configs:
+            sample = _run_once(model, inputs if timed else warm_inputs, compressors.get(cfg_key), args.new_tokens, device,
+                               memory)
+            if timed:
+                samples[cfg_key].append(sample)
+            progress.set_postfix_str(f"{seconds}s {cfg_key[0]}@{cfg_key[1]:g}")
+            progress.update(1)
+    return samples
+
+
+def _rows(args, samples, configs, scale: float, flops_config: Any, info: dict[str, Any], seconds: int) -> list[dict]:
+    """One result row per configuration, with speedups and FLOPs against full tokens."""
+    from sift.flops import flops
+
+    full = _summarise(samples[("full", 1.0)], scale)
+    full_flops = flops(flops_config, full["llm_tokens"], args.flops_new_tokens)
+    media = info["video_tokens"] + info["audio_tokens"]
+    rows = []
+    for mth, r in configs:
+        row = _summarise(samples[(mth, r)], scale)
+        row.update(seconds=seconds, method=mth, retention=r)
+        if mth == "full":
+            row.update(media_before=media, media_kept=media)
+        row["achieved_retention"] = row["media_kept"] / max(1, row["media_before"])
+        row["flops"] = flops(flops_config, row["llm_tokens"], args.flops_new_tokens)
+        row["flops_ratio"] = row["flops"] / full_flops
+        row["prefill_speedup"] = full["llm_prefill_s"] / row["llm_prefill_s"]
+        row["ttft_speedup"] = full["ttft_s"] / row["ttft_s"]
+        row["ideal_speedup"] = 1.0 / r
+        rows.append(row)
+    return rows
+
+
+def _write_outputs(result: dict[str, Any], args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     prefix = args.prefix or ""
@@ -507,7 +549,6 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     if not args.quiet:
         print(md)
         print("wrote " + ", ".join(result["files"]))
-    return result
 
 
 def _command_line(args: argparse.Namespace) -> str:
