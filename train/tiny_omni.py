@@ -461,37 +461,14 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
     """Generate/cache data, train, evaluate on test and save the checkpoint folder; returns the metrics."""
     from tqdm import tqdm
 
-    from sift.testbed.synthav import configure_processor, read_settings
-    from train.data import collate
-
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     manifests = ensure_data(cfg)
-    if cfg.init_from:  # keep the saved tokenizer: token ids must match the saved embeddings
-        from transformers import Qwen2_5OmniProcessor
-
-        processor = Qwen2_5OmniProcessor.from_pretrained(cfg.init_from)
-        tok = processor.tokenizer
-    else:
-        tok, processor = build_tokenizer_and_processor(cfg.synthav_version)
-    # version 2 frames need a larger per-frame pixel budget; save_pretrained records it with the processor
-    configure_processor(processor, read_settings(cfg.data_dir))
-    model = build_model(cfg, tok)
-    if cfg.init_from:
-        from transformers import Qwen2_5OmniThinkerForConditionalGeneration
-
-        saved = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(cfg.init_from, attn_implementation="sdpa")
-        if saved.state_dict().keys() != model.state_dict().keys() or any(
-            saved.state_dict()[k].shape != v.shape for k, v in model.state_dict().items()
-        ):
-            raise ValueError(f"init_from={cfg.init_from}: its dimensions do not match this config")
-        model = saved
-        print(f"tiny-omni: continuing from {cfg.init_from}", flush=True)
+    model, processor = _model_and_processor(cfg)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"tiny-omni: {n_params / 1e6:.2f}M parameters", flush=True)
-
     train_cache = ClipCache(
         manifests["train"], processor, config=model.config if cfg.aux_weight > 0 else None, progress=progress
     )
@@ -505,13 +482,7 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
         captured["embeds"] = kwargs["inputs_embeds"]
 
     hook = adapter_for(model).language_model(model).register_forward_pre_hook(capture_inputs, with_kwargs=True)
-    decay, no_decay = [], []
-    for name, p in list(model.named_parameters()) + list(aux_heads.named_parameters(prefix="aux")):
-        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
+    opt, sched = _optimizer(cfg, model, aux_heads, total)
     rng = random.Random(cfg.seed)
     history: list[dict[str, Any]] = []
     step, start = 0, time.time()
@@ -522,39 +493,11 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
         for b in range(0, len(order), cfg.batch_size):
             if step >= total:
                 break
-            items = []
-            for i in order[b : b + cfg.batch_size]:
-                turns: list = list(train_cache.clips[i]["samples"])
-                rng.shuffle(turns)
-                if rng.random() < cfg.single_question_prob:
-                    turns = turns[:1]
-                elif train_cache.caption(i) is not None and rng.random() < cfg.caption_prob:
-                    turns.insert(rng.randrange(len(turns) + 1), CAPTION_TURN)
-                items.append(train_cache.item(i, turns, train=True))
-            batch = collate(items, tok.pad_token_id)
-            model.train()
-            use_aux = cfg.aux_weight > 0 and all("aux" in it for it in items)
-            out = model(**{k: batch[k] for k in hf.THINKER_INPUT_KEYS}, labels=batch["labels"], output_hidden_states=use_aux)
-            loss = out.loss
-            aux_loss = None
-            if use_aux:
-                length = batch["input_ids"].shape[1]
-                aux = torch.full((len(items), AUX_TASKS, length), -100, dtype=torch.long)
-                for r, it in enumerate(items):  # left padding, as collate pads input_ids
-                    aux[r, :, length - it["aux"].shape[1] :] = it["aux"]
-                hs = out.hidden_states
-                aux_loss = aux_heads.loss(captured.pop("embeds"), hs[len(hs) // 2], hs[-1], aux)
-                loss = loss + cfg.aux_weight * aux_loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_heads.parameters()), cfg.grad_clip)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            items = _batch_items(train_cache, order[b : b + cfg.batch_size], cfg, rng)
+            record = _train_step(cfg, model, aux_heads, items, processor.tokenizer.pad_token_id, captured, opt, sched)
             step += 1
+            record = {"step": step, **record}
             bar.update(1)
-            record: dict[str, Any] = {"step": step, "loss": float(out.loss.item()), "lr": sched.get_last_lr()[0]}
-            if aux_loss is not None:
-                record["aux_loss"] = float(aux_loss.item())
             bar.set_postfix({k: f"{v:.3f}" for k, v in record.items() if k.endswith("loss")})
             if val_cache is not None and (step % cfg.eval_every == 0 or step == total):
                 metrics = evaluate(model, val_cache, batch_size=cfg.batch_size)
@@ -580,6 +523,87 @@ def train(cfg: TinyOmniConfig, *, max_steps: int | None = None, progress: bool =
     }
     save(model, processor, cfg, result, history)
     return result
+
+
+def _model_and_processor(cfg: TinyOmniConfig) -> tuple[torch.nn.Module, Any]:
+    """A fresh model with a tokenizer trained on SynthAV's words, or `init_from`'s model and processor."""
+    from sift.testbed.synthav import configure_processor, read_settings
+
+    if cfg.init_from:  # keep the saved tokenizer: token ids must match the saved embeddings
+        from transformers import Qwen2_5OmniProcessor
+
+        processor = Qwen2_5OmniProcessor.from_pretrained(cfg.init_from)
+        tok = processor.tokenizer
+    else:
+        tok, processor = build_tokenizer_and_processor(cfg.synthav_version)
+    # version 2 frames need a larger per-frame pixel budget; save_pretrained records it with the processor
+    configure_processor(processor, read_settings(cfg.data_dir))
+    model = build_model(cfg, tok)
+    if cfg.init_from:
+        from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+        saved = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(cfg.init_from, attn_implementation="sdpa")
+        if saved.state_dict().keys() != model.state_dict().keys() or any(
+            saved.state_dict()[k].shape != v.shape for k, v in model.state_dict().items()
+        ):
+            raise ValueError(f"init_from={cfg.init_from}: its dimensions do not match this config")
+        model = saved
+        print(f"tiny-omni: continuing from {cfg.init_from}", flush=True)
+    return model, processor
+
+
+def _optimizer(cfg: TinyOmniConfig, model: torch.nn.Module, aux_heads: torch.nn.Module, total: int) -> tuple[Any, Any]:
+    """AdamW without weight decay on norms and biases, and the warmup + cosine schedule over `total` steps."""
+    decay, no_decay = [], []
+    for name, p in list(model.named_parameters()) + list(aux_heads.named_parameters(prefix="aux")):
+        (no_decay if p.ndim < 2 or "norm" in name else decay).append(p)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg, total))
+
+
+def _batch_items(cache: ClipCache, clips: list[int], cfg: TinyOmniConfig, rng: random.Random) -> list[dict[str, Any]]:
+    """One training item per clip: its questions shuffled, sometimes one only, sometimes with the caption turn."""
+    items = []
+    for i in clips:
+        turns: list = list(cache.clips[i]["samples"])
+        rng.shuffle(turns)
+        if rng.random() < cfg.single_question_prob:
+            turns = turns[:1]
+        elif cache.caption(i) is not None and rng.random() < cfg.caption_prob:
+            turns.insert(rng.randrange(len(turns) + 1), CAPTION_TURN)
+        items.append(cache.item(i, turns, train=True))
+    return items
+
+
+def _train_step(cfg, model, aux_heads, items, pad_id: int, captured: dict, opt, sched) -> dict[str, Any]:
+    """Forward (with the auxiliary per-token heads when every item has their labels), backward, step."""
+    from train.data import collate
+
+    batch = collate(items, pad_id)
+    model.train()
+    use_aux = cfg.aux_weight > 0 and all("aux" in it for it in items)
+    out = model(**{k: batch[k] for k in hf.THINKER_INPUT_KEYS}, labels=batch["labels"], output_hidden_states=use_aux)
+    loss = out.loss
+    aux_loss = None
+    if use_aux:
+        length = batch["input_ids"].shape[1]
+        aux = torch.full((len(items), AUX_TASKS, length), -100, dtype=torch.long)
+        for r, it in enumerate(items):  # left padding, as collate pads input_ids
+            aux[r, :, length - it["aux"].shape[1] :] = it["aux"]
+        hs = out.hidden_states
+        aux_loss = aux_heads.loss(captured.pop("embeds"), hs[len(hs) // 2], hs[-1], aux)
+        loss = loss + cfg.aux_weight * aux_loss
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(list(model.parameters()) + list(aux_heads.parameters()), cfg.grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+    record: dict[str, Any] = {"loss": float(out.loss.item()), "lr": sched.get_last_lr()[0]}
+    if aux_loss is not None:
+        record["aux_loss"] = float(aux_loss.item())
+    return record
 
 
 def save(model: torch.nn.Module, processor: Any, cfg: TinyOmniConfig, result: dict[str, Any], history: list) -> Path:
