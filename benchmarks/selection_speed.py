@@ -40,6 +40,7 @@ import pstats
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -50,7 +51,7 @@ if __package__ in (None, ""):  # run as a script from a checkout without `pip in
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sift  # noqa: E402
-from sift.apps.runtime import loadavg, machine_info  # noqa: E402
+from sift.apps.runtime import loadavg, machine_info, resolve_device, resolve_dtype, torch_threads  # noqa: E402
 from sift.budget import keep_count  # noqa: E402
 from sift.layout import audio_tokens_from_features  # noqa: E402
 from sift.saliency import AUDIO_SALIENCY  # noqa: E402
@@ -439,7 +440,7 @@ def load_note(start: list[float] | None, usable: int) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- main
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=60, help="video length in seconds (even), default 60")
     ap.add_argument("--hidden", type=int, default=QWEN_7B["hidden_size"], help="embedding width for selection (3584 = 7B)")
@@ -458,27 +459,106 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     ap.add_argument("--no-single-thread", action="store_true",
                     help="on CPU with >1 torch threads, do not also time every selection on 1 thread")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    t_start = time.perf_counter()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda but torch.cuda.is_available() is False")
-    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(
-        args.dtype, torch.bfloat16 if device.type == "cuda" else torch.float32
+
+@dataclass
+class Bench:
+    """The timed input: its layout, positions, random 7B-wide embeddings and audio saliency."""
+
+    args: argparse.Namespace
+    device: torch.device
+    dtype: torch.dtype
+    inp: dict[str, Any]
+    layout: Any
+    positions: torch.Tensor
+    embeds: torch.Tensor
+    saliency: list[torch.Tensor]
+
+    def batch(self) -> sift.CompressionBatch:
+        return sift.CompressionBatch(
+            embeds=self.embeds,
+            layout=self.layout,
+            input_ids=self.inp["input_ids"].to(self.device),
+            attention_mask=self.inp["attention_mask"].to(self.device),
+            position_ids=self.positions.to(self.device),
+            signals={AUDIO_SALIENCY: self.saliency},
+        )
+
+    def compressor(self, method: str, retention: float) -> Any:
+        return make_compressor(method, retention, self.inp["config"], self.args.hidden, self.device)
+
+
+def time_selection(bench: Bench, method: str, retention: float, total: int, single_thread: bool) -> dict[str, Any]:
+    """One method at one retention: median select() time (and on 1 thread), or why it was skipped."""
+    args, device = bench.args, bench.device
+    entry: dict[str, Any] = dict(method=method, retention=retention, total=total)
+    try:
+        comp = bench.compressor(method, retention)
+        times, sel = time_call(lambda: comp.select(bench.batch()), device, args.repeats)
+    except Exception as e:  # a method that needs a model / checkpoint / hooks
+        entry["skipped"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
+        tqdm.write(f"[skip] {method} @ {retention}: {entry['skipped']}")
+        return entry
+    entry.update(
+        kept=kept_media(sel, bench.layout),
+        expected_kept=keep_count(total, retention),
+        times_ms=[t * 1e3 for t in times],
+        median_ms=statistics.median(times) * 1e3,
+        min_ms=min(times) * 1e3,
+        merged_embeddings=sel.embeds is not None,
     )
-    info = machine_info(device)
-    load_start = loadavg()
-    print(f"machine: {info['cpu_model']} | usable CPUs {info['cpus_usable']} | torch {info['torch_version']} "
-          f"({info['torch_threads']} threads) | load {load_start}" + (f" | GPU {info.get('gpu')}" if "gpu" in info else ""))
+    msg = f"{method:>12} @ {retention:.2f}: {entry['median_ms']:8.1f} ms"
+    if single_thread:
+        # Selection is thousands of small ops; with more torch threads than free cores every parallel
+        # region waits for a descheduled thread, so on a shared CPU the 1-thread time is the stable one.
+        with torch_threads(1):
+            times1, _ = time_call(lambda: comp.select(bench.batch()), device, args.repeats)
+        entry.update(times_1thread_ms=[t * 1e3 for t in times1], median_1thread_ms=statistics.median(times1) * 1e3)
+        msg += f" ({entry['median_1thread_ms']:.1f} ms on 1 thread)"
+    tqdm.write(f"{msg}  kept {entry['kept']}/{total}")
+    return entry
 
-    # --- input
+
+def profile_methods(bench: Bench, methods: list[str]) -> dict[str, str]:
+    """cProfile of one select() per method at the middle retention: the top --profile functions by own time."""
+    r_mid = sorted(bench.args.retentions)[len(bench.args.retentions) // 2]
+    profiles: dict[str, str] = {}
+    for method in tqdm(methods, desc="profile"):
+        try:
+            comp = bench.compressor(method, r_mid)
+            comp.select(bench.batch())
+            pr = cProfile.Profile()
+            pr.enable()
+            comp.select(bench.batch())
+            sync(bench.device)
+            pr.disable()
+        except Exception:
+            continue
+        s = io.StringIO()
+        pstats.Stats(pr, stream=s).strip_dirs().sort_stats("tottime").print_stats(bench.args.profile)
+        profiles[method] = s.getvalue()
+    return profiles
+
+
+def prefill_estimate(bench: Bench, L: int) -> dict[str, Any]:
+    args = bench.args
+    if args.no_prefill:
+        return dict(method="skipped (--no-prefill)", prefill_s=float("nan"), layer_s=float("nan"), layers=28,
+                    layer_tflops=float("nan"), achieved_gflops=float("nan"), dtype=str(bench.dtype), measurements=[])
+    print("timing one Qwen2.5-Omni-7B decoder layer ...")
+    est = estimate_prefill(bench.device, bench.dtype, L, bench.positions, args.repeats, args.layer_budget, args.layer_sizes,
+                           args.extrapolate)
+    print(f"7B prefill estimate: {est['prefill_s']:.2f} s = {est['layers']} x {est['layer_s']:.3f} s ({est['method']})")
+    return est
+
+
+def build_bench(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[Bench, list[float]]:
+    """The input of --seconds, its layout (timed) and the selection inputs."""
     inp = build_input(args.seconds)
     ids = inp["input_ids"]
-    L = ids.shape[1]
     positions, pos_source = rope_positions(inp)
+    inp["positions_source"] = pos_source
     layout_kwargs = dict(
         attention_mask=inp["attention_mask"],
         video_grid_thw=inp["video_grid_thw"],
@@ -487,101 +567,42 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         use_audio_in_video=True,
     )
     layout_times, layout = time_call(lambda: sift.build_layout(ids, inp["config"], **layout_kwargs), torch.device("cpu"), args.repeats)
-    row = layout.rows[0]
-    n_video, n_audio = row.num_video, row.num_audio
-    print(f"input: {args.seconds} s -> L = {L} tokens ({n_video} video + {n_audio} audio, {len(row.windows)} windows); "
-          f"build_layout {statistics.median(layout_times) * 1e3:.1f} ms")
-
     g = torch.Generator(device="cpu").manual_seed(0)
-    embeds = torch.randn(1, L, args.hidden, generator=g).to(device=device, dtype=dtype)
+    embeds = torch.randn(1, ids.shape[1], args.hidden, generator=g).to(device=device, dtype=dtype)
     saliency = [(torch.rand(inp["n_audio"], generator=g) + 1e-3).to(device)]
+    return Bench(args, device, dtype, inp, layout, positions, embeds, saliency), layout_times
 
-    def make_batch() -> sift.CompressionBatch:
-        return sift.CompressionBatch(
-            embeds=embeds,
-            layout=layout,
-            input_ids=ids.to(device),
-            attention_mask=inp["attention_mask"].to(device),
-            position_ids=positions.to(device),
-            signals={AUDIO_SALIENCY: saliency},
-        )
 
-    # --- selection
-    methods = discover_methods(args.methods)
-    rows: list[dict[str, Any]] = []
-    total = n_audio + n_video
-    jobs = [(m, r) for m in methods for r in args.retentions]
-    single_thread = device.type == "cpu" and torch.get_num_threads() > 1 and not args.no_single_thread
-    for method, retention in tqdm(jobs, desc="selection", unit="run"):
-        entry: dict[str, Any] = dict(method=method, retention=retention, total=total)
-        try:
-            comp = make_compressor(method, retention, inp["config"], args.hidden, device)
-            times, sel = time_call(lambda: comp.select(make_batch()), device, args.repeats)
-        except Exception as e:  # a method that needs a model / checkpoint / hooks
-            entry["skipped"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"
-            tqdm.write(f"[skip] {method} @ {retention}: {entry['skipped']}")
-            rows.append(entry)
-            continue
-        entry.update(
-            kept=kept_media(sel, layout),
-            expected_kept=keep_count(total, retention),
-            times_ms=[t * 1e3 for t in times],
-            median_ms=statistics.median(times) * 1e3,
-            min_ms=min(times) * 1e3,
-            merged_embeddings=sel.embeds is not None,
-        )
-        msg = f"{method:>12} @ {retention:.2f}: {entry['median_ms']:8.1f} ms"
-        if single_thread:
-            # Selection is thousands of small ops; with more torch threads than free cores every parallel
-            # region waits for a descheduled thread, so on a shared CPU the 1-thread time is the stable one.
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                times1, _ = time_call(lambda: comp.select(make_batch()), device, args.repeats)
-            finally:
-                torch.set_num_threads(threads)
-            entry.update(times_1thread_ms=[t * 1e3 for t in times1], median_1thread_ms=statistics.median(times1) * 1e3)
-            msg += f" ({entry['median_1thread_ms']:.1f} ms on 1 thread)"
-        rows.append(entry)
-        tqdm.write(f"{msg}  kept {entry['kept']}/{total}")
-
-    # --- profile (optional)
-    profiles: dict[str, str] = {}
-    if args.profile:
-        r_mid = sorted(args.retentions)[len(args.retentions) // 2]
-        for method in tqdm(methods, desc="profile"):
-            try:
-                comp = make_compressor(method, r_mid, inp["config"], args.hidden, device)
-                comp.select(make_batch())
-                pr = cProfile.Profile()
-                pr.enable()
-                comp.select(make_batch())
-                sync(device)
-                pr.disable()
-            except Exception:
-                continue
-            s = io.StringIO()
-            pstats.Stats(pr, stream=s).strip_dirs().sort_stats("tottime").print_stats(args.profile)
-            profiles[method] = s.getvalue()
-
-    # --- 7B prefill estimate
-    load_before_layer = loadavg()
-    if args.no_prefill:
-        est = dict(method="skipped (--no-prefill)", prefill_s=float("nan"), layer_s=float("nan"), layers=28,
-                   layer_tflops=float("nan"), achieved_gflops=float("nan"), dtype=str(dtype), measurements=[])
-    else:
-        print("timing one Qwen2.5-Omni-7B decoder layer ...")
-        est = estimate_prefill(device, dtype, L, positions, args.repeats, args.layer_budget, args.layer_sizes, args.extrapolate)
-        print(f"7B prefill estimate: {est['prefill_s']:.2f} s = {est['layers']} x {est['layer_s']:.3f} s ({est['method']})")
-    text_tokens = L - total
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    device = resolve_device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda but torch.cuda.is_available() is False")
+    dtype = resolve_dtype(args.dtype, device)
+    with torch_threads(args.threads):
+        info = machine_info(device)
+        load_start = loadavg()
+        print(f"machine: {info['cpu_model']} | usable CPUs {info['cpus_usable']} | torch {info['torch_version']} "
+              f"({info['torch_threads']} threads) | load {load_start}" + (f" | GPU {info.get('gpu')}" if "gpu" in info else ""))
+        bench, layout_times = build_bench(args, device, dtype)
+        row, L = bench.layout.rows[0], bench.inp["input_ids"].shape[1]
+        total = row.num_audio + row.num_video
+        print(f"input: {args.seconds} s -> L = {L} tokens ({row.num_video} video + {row.num_audio} audio, "
+              f"{len(row.windows)} windows); build_layout {statistics.median(layout_times) * 1e3:.1f} ms")
+        methods = discover_methods(args.methods)
+        single_thread = device.type == "cpu" and torch.get_num_threads() > 1 and not args.no_single_thread
+        jobs = [(m, r) for m in methods for r in args.retentions]
+        rows = [time_selection(bench, m, r, total, single_thread) for m, r in tqdm(jobs, desc="selection", unit="run")]
+        profiles = profile_methods(bench, methods) if args.profile else {}
+        load_before_layer = loadavg()
+        est = prefill_estimate(bench, L)
     for r in rows:
-        if r.get("skipped"):
-            continue
-        r["pct_of_prefill"] = 100.0 * r["median_ms"] / 1e3 / est["prefill_s"] if not args.no_prefill else float("nan")
-        r["prefill_after_s"] = prefill_at(est, r["kept"] + text_tokens) if not args.no_prefill else float("nan")
-
+        if not r.get("skipped"):
+            r["pct_of_prefill"] = 100.0 * r["median_ms"] / 1e3 / est["prefill_s"] if not args.no_prefill else float("nan")
+            r["prefill_after_s"] = prefill_at(est, r["kept"] + L - total) if not args.no_prefill else float("nan")
     usable = info["cpus_usable"] or info["logical_cpus"] or 1
-    layer_util = [m.get("cpu_utilisation") for m in est.get("measurements", [])]
+    inp = bench.inp
     result = dict(
         device=device.type,
         command=" ".join(["python benchmarks/selection_speed.py", *(sys.argv[1:] if argv is None else argv)]),
@@ -591,32 +612,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seconds=args.seconds,
             video_grid_thw=inp["video_grid_thw"].tolist()[0],
             video_second_per_grid=float(inp["video_second_per_grid"][0]),
-            video_tokens=n_video,
-            audio_tokens=n_audio,
-            text_tokens=text_tokens,
+            video_tokens=row.num_video,
+            audio_tokens=row.num_audio,
+            text_tokens=L - total,
             seq_len=L,
             windows=len(row.windows),
             hidden=args.hidden,
             dtype=str(dtype).replace("torch.", ""),
-            positions=pos_source,
+            positions=inp["positions_source"],
         ),
         layout_ms=statistics.median(layout_times) * 1e3,
         layout_times_ms=[t * 1e3 for t in layout_times],
         prefill_estimate={k: v for k, v in est.items() if not k.startswith("_")},
         rows=rows,
-        load=dict(
-            start=load_start,
-            before_layer=load_before_layer,
-            end=loadavg(),
-            layer_cpu_utilisation=layer_util,
-            note=load_note(load_start, usable),
-        ),
+        load=dict(start=load_start, before_layer=load_before_layer, end=loadavg(),
+                  layer_cpu_utilisation=[m.get("cpu_utilisation") for m in est.get("measurements", [])],
+                  note=load_note(load_start, usable)),
         wall_s=time.perf_counter() - t_start,
     )
+    write_results(result, profiles, Path(args.out), device)
+    return result
+
+
+def write_results(result: dict[str, Any], profiles: dict[str, str], out: Path, device: torch.device) -> None:
     md = markdown(result)
     print()
     print(md)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"selection_speed_{device.type}.md").write_text(md)
     (out / f"selection_speed_{device.type}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
@@ -625,7 +646,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (out / f"selection_profile_{device.type}.txt").write_text(prof_text)
         print(prof_text)
     print(f"wrote {out / f'selection_speed_{device.type}.md'} and .json")
-    return result
 
 
 if __name__ == "__main__":
