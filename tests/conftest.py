@@ -1,6 +1,13 @@
-"""Shared fixtures: the tiny offline Qwen2.5-Omni (see sift.testbed.tiny)."""
+"""Shared fixtures: the tiny offline Qwen2.5-Omni (see sift.testbed.tiny), and the benchmark scripts as modules."""
 
 from __future__ import annotations
+
+import contextlib
+import importlib.util
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -58,3 +65,23 @@ def interleaved(tokenizer, processor, thinker_config):
         return ids, layout
 
     return make
+
+
+@contextlib.contextmanager
+def _benchmark_script(name: str) -> Iterator[ModuleType]:
+    """benchmarks/<name>.py imported as a module for the duration of the block (it is a script, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_bench", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+        yield module
+    finally:
+        sys.modules.pop(spec.name, None)
+
+
+@pytest.fixture(scope="session")
+def benchmark_script():
+    """`with benchmark_script("train_step") as module:` runs benchmarks/train_step.py's code as a module."""
+    return _benchmark_script

@@ -144,10 +144,9 @@ def test_selector_module_adds_the_ranking_term(thinker_config, synth_inputs):
 
 
 @pytest.mark.slow
-def test_agreement_benchmark_reports_every_selector(tmp_path):
+def test_agreement_benchmark_reports_every_selector(tmp_path, benchmark_script):
     """benchmarks/importance_agreement.py runs on the shipped v2 model; an exact copy of the untrained
     selector agrees with it exactly, and agreement numbers are in range."""
-    import importlib.util
     from pathlib import Path
 
     from transformers import AutoConfig
@@ -155,14 +154,12 @@ def test_agreement_benchmark_reports_every_selector(tmp_path):
     from sift.testbed.synthav import generate
 
     repo = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("importance_agreement", repo / "benchmarks" / "importance_agreement.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     model = repo / "checkpoints" / "tiny-omni-v2"
     generate(tmp_path / "data", {"test": 1}, seed=5, workers=1, progress=False, version=2, min_seconds=6, max_seconds=6)
     OmniSIFTSelector.from_config(AutoConfig.from_pretrained(model)).save_pretrained(tmp_path / "copy")
-    summary = script.main(["--model", str(model), "--manifest", str(tmp_path / "data" / "test.jsonl"), "--samples", "2",
-                           "--selector", str(tmp_path / "copy"), "--out", str(tmp_path / "out")])
+    with benchmark_script("importance_agreement") as script:
+        summary = script.main(["--model", str(model), "--manifest", str(tmp_path / "data" / "test.jsonl"), "--samples", "2",
+                               "--selector", str(tmp_path / "copy"), "--out", str(tmp_path / "out")])
     assert summary["copy"] == summary["untrained"]
     for key in ("video", "audio", "video_recall", "audio_recall"):
         assert -1.0 <= summary["untrained"][key] <= 1.0

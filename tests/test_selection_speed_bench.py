@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 import sift
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "selection_speed.py"
-
 
 @pytest.fixture(scope="module")
-def selection_speed():
-    spec = importlib.util.spec_from_file_location("selection_speed_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    try:
-        spec.loader.exec_module(module)
+def selection_speed(benchmark_script):
+    with benchmark_script("selection_speed") as module:
         yield module
-    finally:
-        sys.modules.pop(spec.name, None)
 
 
 def test_every_method_is_timed_at_its_exact_budget(selection_speed, tmp_path):

@@ -65,7 +65,15 @@ from typing import Any
 import torch
 
 from sift.apps.evaluate import UsageError
-from sift.apps.runtime import PeakMemory, loadavg, machine_info, resolve_device, resolve_dtype, torch_threads
+from sift.apps.runtime import (
+    PeakMemory,
+    equivalent_command,
+    loadavg,
+    machine_info,
+    resolve_device,
+    resolve_dtype,
+    torch_threads,
+)
 from sift.models import adapter_for
 
 __all__ = ["run_bench", "bench_options", "synthetic_inputs", "add_arguments"]
@@ -553,18 +561,7 @@ def _write_outputs(result: dict[str, Any], args: argparse.Namespace) -> None:
 
 def _command_line(args: argparse.Namespace) -> str:
     """The `sift bench` options equivalent to ``args`` (for results written by a direct call)."""
-    defaults = vars(bench_options())
-    parts = ["sift bench"]
-    for key, value in vars(args).items():
-        if key in defaults and value != defaults[key] and value not in (None, False):
-            flag = "--" + key.replace("_", "-")
-            if value is True:
-                parts.append(flag)
-            elif isinstance(value, (list, tuple)):
-                parts.append(flag + " " + " ".join(str(v) for v in value))
-            else:
-                parts.append(f"{flag} {value}")
-    return " ".join(parts)
+    return equivalent_command("sift bench", args, vars(bench_options()))
 
 
 def _json_default(o: Any) -> Any:

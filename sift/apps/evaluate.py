@@ -50,7 +50,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from sift.apps.runtime import resolve_device, resolve_dtype, torch_threads
+from sift.apps.runtime import equivalent_command, resolve_device, resolve_dtype, torch_threads
 
 __all__ = ["run_eval", "eval_options", "add_arguments", "accuracy", "UsageError", "EvalError", "AnswerLog", "run_settings"]
 
@@ -631,18 +631,7 @@ def _result(args: argparse.Namespace, methods: list[str], configs: Sequence[tupl
 
 
 def _command_line(args: argparse.Namespace) -> str:
-    defaults = vars(eval_options(manifest=args.manifest))
-    parts = ["sift eval", f"--manifest {args.manifest}"]
-    for key, value in vars(args).items():
-        if key in defaults and key != "manifest" and value != defaults[key] and value not in (None, False):
-            flag = "--" + key.replace("_", "-")
-            if value is True:
-                parts.append(flag)
-            elif isinstance(value, (list, tuple)):
-                parts.append(flag + " " + " ".join(str(v) for v in value))
-            else:
-                parts.append(f"{flag} {value}")
-    return " ".join(parts)
+    return equivalent_command("sift eval", args, vars(eval_options(manifest=args.manifest)), given=("manifest",))
 
 
 def _write_outputs(result: dict[str, Any], out: Path, prefix: str, quiet: bool) -> None:

@@ -9,13 +9,22 @@ import ctypes
 import gc
 import os
 import platform
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["resolve_device", "resolve_dtype", "torch_threads", "cpu_model", "loadavg", "machine_info", "PeakMemory"]
+__all__ = [
+    "resolve_device",
+    "resolve_dtype",
+    "torch_threads",
+    "equivalent_command",
+    "cpu_model",
+    "loadavg",
+    "machine_info",
+    "PeakMemory",
+]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -34,6 +43,24 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose from auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def equivalent_command(program: str, args: Any, defaults: dict[str, Any], given: Sequence[str] = ()) -> str:
+    """The command line that reproduces `args` (results of a direct Python call record it, as CLI runs do).
+
+    `given` options are always written, in order; the rest only where they differ from `defaults`.
+    """
+    parts = [program] + [f"--{k.replace('_', '-')} {getattr(args, k)}" for k in given]
+    for key, value in vars(args).items():
+        if key in defaults and key not in given and value != defaults[key] and value not in (None, False):
+            flag = "--" + key.replace("_", "-")
+            if value is True:
+                parts.append(flag)
+            elif isinstance(value, (list, tuple)):
+                parts.append(flag + " " + " ".join(str(v) for v in value))
+            else:
+                parts.append(f"{flag} {value}")
+    return " ".join(parts)
 
 
 @contextlib.contextmanager
