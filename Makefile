@@ -52,7 +52,8 @@ test-fast: $(STAMP)
 # the stack pinned. transformers goes into a side folder put first on PYTHONPATH; the venv is untouched.
 STACKS := .ci-stack
 TF_LOWEST = $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
-LOWEST_TESTS ?= tests/test_hf_internals.py tests/test_plugin.py tests/test_end_to_end.py tests/test_eval_bench.py
+LOWEST_TESTS ?= tests/core/test_hf_internals.py tests/core/test_plugin.py tests/core/test_end_to_end.py tests/core/test_methods.py \
+	tests/core/test_models.py tests/apps/test_eval_bench.py
 test-lowest: $(STAMP)
 	rm -rf $(STACKS)/lowest && mkdir -p $(STACKS)
 	grep -v '^transformers==' constraints.txt > $(STACKS)/constraints-lowest.txt

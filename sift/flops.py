@@ -79,7 +79,7 @@ QWEN25_OMNI_7B: dict[str, Any] = {
         video_token_id=151656,
     ),
     # language model = embeddings + decoder layers + final norm; lm_head (untied) is separate. These dims give
-    # exactly these counts (checked in tests/test_flops.py on the meta device).
+    # exactly these counts (checked in tests/core/test_flops.py on the meta device).
     "parameters": dict(thinker=8.93e9, audio=640e6, vision=677e6, llm=7.07e9, lm_head=0.545e9),
 }
 

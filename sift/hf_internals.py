@@ -2,7 +2,7 @@
 
 sift adds no modeling file; it hooks the stock Qwen2.5-Omni classes. That works only because a handful of
 names, paths and conventions of their code hold. Each one is written down here, with the versions it was
-checked on, and each is exercised by ``tests/test_hf_internals.py``, so an upgrade that moves one fails there
+checked on, and each is exercised by ``tests/core/test_hf_internals.py``, so an upgrade that moves one fails there
 with a message that names it, not somewhere deep in a method.
 
 Supported: transformers 5.20 to 5.24 (the bound in ``pyproject.toml``). Known moves inside that range:

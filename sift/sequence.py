@@ -3,7 +3,7 @@
 `shrink_sequence` drops what a selection did not keep and re-pads the batch; `continue_sequence` turns the
 full-length attention mask that `generate` and chat loops keep growing into the compressed cache's mask.
 What is model-specific (the text-position row, how positions continue) comes from the model adapter. The plug-in calls both from its hooks; being free of models and hooks, they are tested alone
-(`tests/test_sequence.py`), and `Slots` is the one record of where each kept token went, which the plug-in's
+(`tests/core/test_sequence.py`), and `Slots` is the one record of where each kept token went, which the plug-in's
 label shrinking, its sparse embedding updates and the training app's distillation all read.
 """
 

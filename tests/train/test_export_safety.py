@@ -24,7 +24,7 @@ pytest.importorskip("lightning")
 from sift.selector import OmniSIFTSelector  # noqa: E402
 from train.export import export  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny-cpu.yaml"
 
 

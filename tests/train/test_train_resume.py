@@ -27,7 +27,7 @@ pytest.importorskip("datasets")
 from sift.testbed.media import synth_clip, write_clip  # noqa: E402
 from train.data import AVQADataModule, ResumableDataLoader, ResumableSampler  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "configs" / "tiny-cpu.yaml"
 SAMPLES = 6  # batch 1, 2 epochs: 12 steps
 KILL_AFTER = 8  # steps done when the run is killed: 2 batches into the second epoch

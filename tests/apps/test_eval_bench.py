@@ -18,7 +18,7 @@ from sift.apps.evaluate import UsageError, accuracy, run_eval
 from sift.manifest import extract_letter
 from sift.testbed.media import synth_clip, write_clip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -19,7 +19,7 @@ from transformers import DynamicCache, Qwen2_5OmniThinkerForConditionalGeneratio
 import sift
 from sift import hf_internals as hf
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GEN = dict(max_new_tokens=3, do_sample=False)
 
 

@@ -26,7 +26,7 @@ from sift.apps.evaluate import EvalError, UsageError, run_eval
 from sift.manifest import ManifestError, read_manifest, read_manifest_report
 from sift.testbed.media import synth_clip, write_clip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAISES = "test-raises-on-long-clips"
 INTERRUPTS = "test-interrupts-once"
 FAST = dict(model="tiny", frame_size=112, max_new_tokens=2, threads=1, quiet=True)

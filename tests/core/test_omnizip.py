@@ -133,7 +133,7 @@ def test_odd_frame_keeps_the_changed_cells(interleaved):
 
 @pytest.mark.parametrize("retention", [0.1, 0.25, 0.35, 0.45, 0.7, 1.0])
 def test_a_retention_splits_audio_and_video_as_the_presets_do(thinker, processor, retention):
-    """The exact total is tests/test_methods.py's; here: audio keeps 0.3 more of its tokens than video."""
+    """The exact total is tests/core/test_methods.py's; here: audio keeps 0.3 more of its tokens than video."""
     inputs = omni_inputs(processor, [synth_clip(7.0, tone_hz=550.0)], ["What sound?"])
     with sift.compress(thinker, "omnizip", retention=retention) as session, torch.no_grad():
         thinker(**inputs)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-SIFT = Path(__file__).resolve().parents[1] / "sift"
+SIFT = Path(__file__).resolve().parents[2] / "sift"
 
 
 def _imports(path: Path) -> list[tuple[str, list[str]]]:

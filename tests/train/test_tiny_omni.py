@@ -16,7 +16,7 @@ pytest.importorskip("lightning")  # train.data is the training app's (the train 
 from train.data import AVQADataset  # noqa: E402
 from train.tiny_omni import CAPTION_TURN, ClipCache, TinyOmniConfig, build_tokenizer_and_processor, load_config, train  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CHECKPOINT = REPO / "checkpoints" / "tiny-omni"
 
 

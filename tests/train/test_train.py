@@ -36,7 +36,7 @@ from sift.testbed.tiny import omni_inputs, tiny_processor, tiny_thinker  # noqa:
 from train.data import AVQADataModule, collate  # noqa: E402
 from train.module import SelectorModule, category_id, extract_letter  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # every LightningCLI config (configs/tiny-omni*.yaml are read by train.tiny_omni, tested in test_tiny_omni.py)
 CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("tiny-omni"))
 TINY = REPO / "configs" / "tiny-cpu.yaml"

@@ -153,7 +153,7 @@ def test_agreement_benchmark_reports_every_selector(tmp_path, benchmark_script):
 
     from sift.testbed.synthav import generate
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     model = repo / "checkpoints" / "tiny-omni-v2"
     generate(tmp_path / "data", {"test": 1}, seed=5, workers=1, progress=False, version=2, min_seconds=6, max_seconds=6)
     OmniSIFTSelector.from_config(AutoConfig.from_pretrained(model)).save_pretrained(tmp_path / "copy")

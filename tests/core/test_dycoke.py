@@ -23,7 +23,7 @@ D = 32  # hidden size of the crafted embeddings (cells / audio offsets get one-h
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Hand-made sequences (same construction as tests/test_layout.py) and crafted embeddings
+# Hand-made sequences (same construction as tests/core/test_layout.py) and crafted embeddings
 # --------------------------------------------------------------------------------------------------------------
 
 
