@@ -347,7 +347,8 @@ def _run_once(model: Any, inputs: dict[str, Any], compressor: Any, new_tokens: i
     return row
 
 
-def _summarise(samples: list[dict[str, Any]], scale: float) -> dict[str, Any]:
+def summarise_runs(samples: list[dict[str, Any]], scale: float) -> dict[str, Any]:
+    """Medians of repeated runs of one configuration, LLM times scaled by `scale` (layers built -> real depth)."""
     med = lambda key: statistics.median(s[key] for s in samples)  # noqa: E731
     first = samples[0]
     out: dict[str, Any] = {k: first[k] for k in ("llm_tokens", "generated", "media_before", "media_kept", "audio_kept", "video_kept") if k in first}
@@ -526,12 +527,12 @@ def _rows(args, samples, configs, scale: float, flops_config: Any, info: dict[st
     """One result row per configuration, with speedups and FLOPs against full tokens."""
     from sift.flops import flops
 
-    full = _summarise(samples[("full", 1.0)], scale)
+    full = summarise_runs(samples[("full", 1.0)], scale)
     full_flops = flops(flops_config, full["llm_tokens"], args.flops_new_tokens)
     media = info["video_tokens"] + info["audio_tokens"]
     rows = []
     for mth, r in configs:
-        row = _summarise(samples[(mth, r)], scale)
+        row = summarise_runs(samples[(mth, r)], scale)
         row.update(seconds=seconds, method=mth, retention=r)
         if mth == "full":
             row.update(media_before=media, media_kept=media)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import sift
-from sift.apps.bench import _summarise, run_bench, synthetic_inputs
+from sift.apps.bench import summarise_runs, run_bench, synthetic_inputs
 from sift.budget import keep_count
 from sift.apps.cli import main as cli_main
 from sift.apps.evaluate import UsageError, accuracy, run_eval
@@ -186,11 +186,11 @@ def test_synthetic_inputs_and_layer_scaling(processor):
     sample = dict(encoder_s=0.1, audio_encoder_s=0.05, vision_encoder_s=0.05, selection_s=0.01, llm_prefill_s=1.0,
                   ttft_s=1.5, decode_s=0.9, decode_llm_s=0.3, decode_steps=3, generated=4, llm_tokens=100,
                   peak_mem_bytes=1, peak_mem_delta_bytes=1)
-    scaled = _summarise([sample], 4.0)
+    scaled = summarise_runs([sample], 4.0)
     assert scaled["llm_prefill_s"] == 4.0 and scaled["measured_llm_prefill_s"] == 1.0
     assert scaled["ttft_s"] == pytest.approx(1.5 + 3 * 1.0)
     assert scaled["decode_tokens_per_s"] == pytest.approx(3 / (0.9 + 3 * 0.3))
-    assert _summarise([sample], 1.0)["decode_tokens_per_s"] == pytest.approx(3 / 0.9)
+    assert summarise_runs([sample], 1.0)["decode_tokens_per_s"] == pytest.approx(3 / 0.9)
 
 
 def test_library_does_not_import_the_training_app():

@@ -42,6 +42,16 @@ def test_layer_imports_point_down_only(path):
             assert not private, f"{path.name} imports private names {private} from {module}"
 
 
+ELSEWHERE = [p for d in ("train", "benchmarks", "tests") for p in sorted((SIFT.parent / d).rglob("*.py"))]
+
+
+@pytest.mark.parametrize("path", ELSEWHERE, ids=[str(p.relative_to(SIFT.parent)) for p in ELSEWHERE])
+def test_the_training_app_benchmarks_and_tests_use_public_names_only(path):
+    for module, names in _imports(path):
+        private = [n for n in names if n.startswith("_")]
+        assert not (module.startswith(("sift", "train")) and private), f"{path.name} imports {private} from {module}"
+
+
 @pytest.mark.slow
 def test_import_sift_loads_neither_testbed_nor_apps():
     code = "import sys, sift; print(sorted(m for m in sys.modules if m.startswith(('sift.testbed', 'sift.apps'))))"
