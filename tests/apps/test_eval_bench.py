@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import sift
-from sift.apps.bench import summarise_runs, run_bench, synthetic_inputs
+from sift.apps.bench import run_bench, summarise_runs, synthetic_inputs
 from sift.budget import keep_count
 from sift.apps.cli import main as cli_main
 from sift.apps.evaluate import UsageError, accuracy, run_eval
