@@ -71,6 +71,8 @@ class CompressionStats:
 
     def slots_of(self, rows: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Where input positions (rows, positions) sit in the output logits / hidden states; raises if dropped."""
+        if self.slots is None:
+            raise RuntimeError("these CompressionStats were not made by sift.compress: they record no slots")
         return self.slots.lookup(self.input_shape, rows, positions)
 
 
