@@ -1,7 +1,7 @@
 """Token-selection methods. Importing this package registers every built-in method."""
 
 from sift.compressors.base import CompressionBatch, Compressor, Selection, keep_count
-from sift.compressors.registry import available_compressors, get_compressor, register
+from sift.compressors.registry import available_compressors, get_compressor, register, unregister
 from sift.compressors import dycoke, none, omniselect, omnisift, omnizip, random_drop, stvp  # noqa: F401  (registration)
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     "Selection",
     "keep_count",
     "register",
+    "unregister",
     "get_compressor",
     "available_compressors",
 ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-__all__ = ["register", "get_compressor", "available_compressors"]
+__all__ = ["register", "unregister", "get_compressor", "available_compressors"]
 
 _REGISTRY: dict[str, type] = {}
 T = TypeVar("T", bound=type)
@@ -20,6 +20,13 @@ def register(name: str) -> Callable[[T], T]:
         return cls
 
     return wrap
+
+
+def unregister(name: str) -> None:
+    """Remove a compressor added with `register` (a test's or a notebook's), so it leaves no trace behind."""
+    if name not in _REGISTRY:
+        raise ValueError(f"no compressor named {name!r} is registered")
+    del _REGISTRY[name]
 
 
 def available_compressors() -> list[str]:

@@ -23,6 +23,7 @@ import sift
 from sift.apps.cli import main as cli_main
 from sift.compressors.random_drop import RandomCompressor
 from sift.apps.evaluate import EvalError, UsageError, run_eval
+from sift.compressors import unregister
 from sift.manifest import ManifestError, read_manifest, read_manifest_report
 from sift.testbed.media import synth_clip, write_clip
 
@@ -64,6 +65,8 @@ def test_compressors():
     sift.register(RAISES)(RaisesOnLongClips)
     sift.register(INTERRUPTS)(InterruptsOnce)
     yield
+    unregister(RAISES)
+    unregister(INTERRUPTS)
 
 
 def _record(sid: str, video: str, answer: str = "A", category: str = "motion") -> dict:
