@@ -12,6 +12,10 @@ real selector can see, so its accuracy bounds what any ranking can reach:
 * ``oracle-free``: the oracle's ranking over all of a row's media tokens, the exact total only: no fixed
   split, no per-frame floor. Its gap to ``oracle-units`` is what a better allocation could give (a learned
   per-window audio/video split, for instance).
+* ``oracle-at-r`` (``--operating-point``): OmniSIFT's allocation, ranked by the importance measured at the
+  operating point instead of at all tokens: the gradient at the keep mask of the untrained selector at the
+  same retention (a dropped token's first-order gain when added back). Whether it beats ``oracle-units``
+  says which distillation target to try next.
 
 Every method is scored the same way here, so the rows compare with each other (not with `sift eval`'s
 greedy-reply accuracy): the frozen model's arg-max over the answer letters at the answer position, one
@@ -40,9 +44,11 @@ if __package__ in (None, ""):  # run as a script from a checkout without `pip in
 import sift  # noqa: E402
 from sift.budget import audio_clip_budgets, keep_count, split_row, video_frame_budgets  # noqa: E402
 from sift.compressors.base import CompressionBatch, Compressor, Selection  # noqa: E402
+from sift.compressors.omnisift import OmniSIFT  # noqa: E402
 from sift.manifest import read_manifest  # noqa: E402
 from sift.models import adapter_for  # noqa: E402
 from sift.picks import top_positions  # noqa: E402
+from sift.selector import OmniSIFTSelector  # noqa: E402
 from train.data import AVQADataset, collate  # noqa: E402
 from train.importance import gate_importance  # noqa: E402
 
@@ -90,15 +96,25 @@ def answer_is_right(model, inputs: dict, labels: torch.Tensor, compressor: Compr
     return int(letter_ids[logits[0, slot, letter_ids].argmax()]) == int(labels[0, answer_at])
 
 
-def methods(importance: torch.Tensor, retention: float, selectors: dict) -> dict[str, Compressor]:
+def operating_point_importance(model, inputs: dict, labels: torch.Tensor, retention: float, base) -> torch.Tensor:
+    """The importance at the keep mask that selector `base` chooses at `retention` (see ``oracle-at-r``)."""
+    with torch.no_grad(), sift.compress(model, OmniSIFT(retention=retention, selector=base)) as session:
+        model(**inputs)
+    keep = session.selection.keep & inputs["attention_mask"].bool()
+    return gate_importance(model, inputs, labels, at=keep.float()).detach()
+
+
+def methods(importance: torch.Tensor, retention: float, selectors: dict, at_r: torch.Tensor | None) -> dict[str, Compressor]:
     out = {
         "oracle-free": Oracle(retention=retention, importance=importance, units=False),
         "oracle-units": Oracle(retention=retention, importance=importance, units=True),
-        "stvp": sift.get_compressor("stvp", retention=retention),
-        "omniselect": sift.get_compressor("omniselect", retention=retention),
     }
-    for name, path in selectors.items():
-        out[name] = sift.get_compressor("omnisift", retention=retention, selector=path)
+    if at_r is not None:
+        out["oracle-at-r"] = Oracle(retention=retention, importance=at_r, units=True)
+    out["stvp"] = sift.get_compressor("stvp", retention=retention)
+    out["omniselect"] = sift.get_compressor("omniselect", retention=retention)
+    for name, selector in selectors.items():
+        out[name] = OmniSIFT(retention=retention, selector=selector)
     return out
 
 
@@ -109,17 +125,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--selector", nargs="*", default=[], help="OmniSIFT selector folders (save_pretrained)")
     parser.add_argument("--samples", type=int, default=None, help="questions to use (the first N; default all)")
     parser.add_argument("--retentions", type=float, nargs="+", default=list(RETENTIONS))
+    parser.add_argument("--operating-point", action="store_true", help="add oracle-at-r (one more backward per r)")
     parser.add_argument("--out", type=Path, help="path without extension for .md / .json")
     args = parser.parse_args(argv)
 
-    from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import AutoConfig, Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
     start = time.perf_counter()
     model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(args.model, attn_implementation="sdpa")
     model.requires_grad_(False).eval()
     processor = Qwen2_5OmniProcessor.from_pretrained(args.model)
     letter_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(LETTERS)))
-    selectors = {Path(p).name: p for p in args.selector}
+    selectors = {Path(p).name: OmniSIFTSelector.from_pretrained(p).eval() for p in args.selector}
+    base = OmniSIFTSelector.from_config(AutoConfig.from_pretrained(args.model)).eval()  # the untrained init
     data = AVQADataset(read_manifest(args.manifest)[: args.samples], processor, train=True)
     right: dict[tuple[str, float], list[bool]] = {}
     for i in range(len(data)):
@@ -130,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         inputs = {k: batch[k] for k in adapter_for(model).input_keys if batch.get(k) is not None}
         importance = gate_importance(model, inputs, batch["labels"]).detach()
         for r in args.retentions:
-            for name, comp in methods(importance, r, selectors).items():
+            at_r = operating_point_importance(model, inputs, batch["labels"], r, base) if args.operating_point else None
+            for name, comp in methods(importance, r, selectors, at_r).items():
                 right.setdefault((name, r), []).append(answer_is_right(model, inputs, batch["labels"], comp, letter_ids))
     return report(right, args, len(data), time.perf_counter() - start)
 
@@ -147,7 +166,8 @@ def report(right: dict[tuple[str, float], list[bool]], args: argparse.Namespace,
     lines += [f"| {name} | " + " | ".join(f"{table[name][r]:.1f}" for r in args.retentions) + " |" for name in names]
     lines += ["", f"Model `{args.model}`, CPU, {seconds:.0f} s. oracle-units: OmniSIFT's budgets, ranked by the "
               "full-token model's importance for the correct answer; oracle-free: the same ranking over the whole "
-              "row. Command: `python benchmarks/oracle_selection.py " + " ".join(sys.argv[1:]) + "`"]
+              "row; oracle-at-r: OmniSIFT's budgets, ranked by that importance measured at the untrained "
+              "selector's keep mask. Command: `python benchmarks/oracle_selection.py " + " ".join(sys.argv[1:]) + "`"]
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:

@@ -34,14 +34,19 @@ from sift.models import adapter_for
 __all__ = ["gate_importance", "selection_groups", "has_order", "ranking_loss"]
 
 
-def gate_importance(model: torch.nn.Module, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
-    """(B, L) d log p(labels) / d g_j at g = 1 for every position, from a full-token forward of `model`.
+def gate_importance(
+    model: torch.nn.Module, inputs: dict, labels: torch.Tensor, at: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, L) d log p(labels) / d g_j for every position, at g = 1 (a full-token forward of `model`) or at `at`.
 
+    `at` (B, L) in [0, 1] is the operating point, e.g. a selection's keep mask: then the importance of a
+    dropped token is the first-order gain of adding it back, that of a kept one the loss of dropping it.
     `model` is a thinker whose parameters need no gradient (only the gates are differentiated); its
     answer log-likelihood is summed over the supervised tokens of the batch.
     """
     mask = inputs["attention_mask"]
-    gate = torch.ones(mask.shape, dtype=torch.float32, device=mask.device, requires_grad=True)
+    start = torch.ones(mask.shape) if at is None else at.detach().float().cpu()
+    gate = start.to(device=mask.device, dtype=torch.float32).requires_grad_(True)
     with torch.enable_grad(), key_gates(adapter_for(model).language_model(model).config, gate):
         out = model(**inputs, labels=labels)
         n = (labels[:, 1:] != -100).sum().clamp_min(1)

@@ -24,8 +24,8 @@ def test_all_methods_agree_at_full_retention_and_the_oracle_keeps_its_budgets(or
     generate(tmp_path / "data", {"test": 1}, seed=3, workers=1, progress=False, version=2, min_seconds=6, max_seconds=6)
     table = oracle_selection.main(["--model", str(REPO / "checkpoints" / "tiny-omni-v2"), "--manifest",
                                    str(tmp_path / "data" / "test.jsonl"), "--retentions", "1.0", "0.1",
-                                   "--out", str(tmp_path / "out")])
-    assert set(table) == {"oracle-free", "oracle-units", "stvp", "omniselect"}
+                                   "--operating-point", "--out", str(tmp_path / "out")])
+    assert set(table) == {"oracle-free", "oracle-units", "oracle-at-r", "stvp", "omniselect"}
     assert len({row[1.0] for row in table.values()}) == 1  # nothing dropped: the same model, the same answers
     assert all(0.0 <= row[0.1] <= 100.0 for row in table.values())
     assert "| oracle-units |" in (tmp_path / "out.md").read_text()

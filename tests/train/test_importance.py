@@ -61,6 +61,24 @@ def test_importance_is_the_first_order_effect_of_dropping_a_token(frozen, synth_
     assert all(p.grad is None for p in frozen.parameters())
 
 
+@pytest.mark.slow
+def test_importance_at_a_keep_mask_is_the_first_order_effect_of_adding_a_dropped_token(frozen, synth_inputs):
+    inputs = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in synth_inputs.items()}
+    labels = _labels(inputs)
+    media = torch.nonzero(sift.layout_of(inputs, frozen.config).media_mask(torch.device("cpu"))[0]).flatten()
+    keep = torch.ones(inputs["input_ids"].shape, dtype=torch.float64)
+    dropped = media[::2]
+    keep[0, dropped] = 0.0
+    importance = gate_importance(frozen, inputs, labels, at=keep)
+    assert not torch.equal(importance, gate_importance(frozen, inputs, labels))  # another operating point
+    eps = 1e-3
+    for j in dropped[torch.argsort(importance[0, dropped].abs(), descending=True)[:3]].tolist():
+        up, down = keep.clone(), keep.clone()
+        up[0, j], down[0, j] = eps, -eps
+        numeric = (_log_likelihood(frozen, inputs, labels, up) - _log_likelihood(frozen, inputs, labels, down)) / (2 * eps)
+        assert numeric.item() == pytest.approx(importance[0, j].item(), rel=1e-2)
+
+
 @pytest.mark.parametrize("rule", ["clip", "chunk"])
 def test_groups_are_the_selectors_topk_units_and_cover_every_media_token_once(frozen, synth_inputs, rule):
     layout = sift.layout_of(synth_inputs, frozen.config)
