@@ -67,6 +67,7 @@ import torch
 from sift.apps.evaluate import UsageError
 from sift.apps.runtime import (
     PeakMemory,
+    args_or_options,
     equivalent_command,
     loadavg,
     machine_info,
@@ -386,10 +387,7 @@ def run_bench(args: argparse.Namespace | None = None, **options: Any) -> dict[st
 
     Pass parsed ``args`` or keyword options (``run_bench(random_init="tiny", seconds=[4], out="dir")``).
     """
-    if args is None:
-        args = bench_options(**options)
-    elif options:
-        raise TypeError("pass either args or keyword options")
+    args = args_or_options(args, options, bench_options)
     with torch_threads(args.threads):
         return _run_bench(args)
 

@@ -50,7 +50,7 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from sift.apps.runtime import equivalent_command, resolve_device, resolve_dtype, torch_threads
+from sift.apps.runtime import args_or_options, equivalent_command, resolve_device, resolve_dtype, torch_threads
 
 __all__ = ["run_eval", "eval_options", "add_arguments", "accuracy", "UsageError", "EvalError", "AnswerLog", "run_settings"]
 
@@ -342,10 +342,7 @@ def run_eval(args: argparse.Namespace | None = None, **options: Any) -> dict[str
         EvalError: not one answer could be produced (results.json is still written).
         KeyboardInterrupt: the answers so far stay in answers.jsonl; ``resume=True`` continues.
     """
-    if args is None:
-        args = eval_options(**options)
-    elif options:
-        raise TypeError("pass either args or keyword options")
+    args = args_or_options(args, options, eval_options)
     with torch_threads(args.threads):
         return _run_eval(args)
 

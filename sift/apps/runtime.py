@@ -20,6 +20,7 @@ __all__ = [
     "resolve_dtype",
     "torch_threads",
     "equivalent_command",
+    "args_or_options",
     "cpu_model",
     "loadavg",
     "machine_info",
@@ -43,6 +44,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose from auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+def args_or_options(args: Any, options: dict[str, Any], build: Any) -> Any:
+    """An app's parsed `args`, or a namespace `build(**options)` makes from keyword options; never both."""
+    if args is None:
+        return build(**options)
+    if options:
+        raise TypeError("pass either args or keyword options")
+    return args
 
 
 def equivalent_command(program: str, args: Any, defaults: dict[str, Any], given: Sequence[str] = ()) -> str:
