@@ -45,8 +45,8 @@ def gate_importance(
     answer log-likelihood is summed over the supervised tokens of the batch.
     """
     mask = inputs["attention_mask"]
-    start = torch.ones(mask.shape) if at is None else at.detach().float().cpu()
-    gate = start.to(device=mask.device, dtype=torch.float32).requires_grad_(True)
+    start = torch.ones(mask.shape, device=mask.device) if at is None else at.detach()
+    gate = start.to(device=mask.device, dtype=torch.float32, copy=True).requires_grad_(True)
     with torch.enable_grad(), key_gates(adapter_for(model).language_model(model).config, gate):
         out = model(**inputs, labels=labels)
         n = (labels[:, 1:] != -100).sum().clamp_min(1)

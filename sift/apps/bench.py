@@ -56,7 +56,6 @@ import contextlib
 import json
 import os
 import statistics
-import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -69,6 +68,7 @@ from sift.apps.runtime import (
     PeakMemory,
     args_or_options,
     equivalent_command,
+    progress_bar,
     loadavg,
     machine_info,
     resolve_device,
@@ -406,16 +406,16 @@ def _run_bench(args: argparse.Namespace) -> dict[str, Any]:
     compressors = {(mth, r): _compressor(mth, r, model, args.selector) for mth, r in configs if mth != "full"}
     memory = PeakMemory(device)
     info = machine_info(device)
-    progress = _NoProgress() if args.quiet else _progress(len(seconds_list) * (args.warmup + args.repeats) * len(configs))
     rows: list[dict[str, Any]] = []
     inputs_info: list[dict[str, Any]] = []
-    for seconds in seconds_list:
-        inputs, warm_inputs = _bench_inputs(args, processor, seconds, device, dtype)
-        inputs_info.append(_inputs_info(model.config, inputs, seconds))
-        samples = _measure(args, model, inputs, warm_inputs, configs, compressors, device, memory, progress, seconds)
-        rows += _rows(args, samples, configs, scale, flops_config, inputs_info[-1], seconds)
-        del inputs, warm_inputs
-    progress.close()
+    runs = len(seconds_list) * (args.warmup + args.repeats) * len(configs)
+    with progress_bar(args.quiet, runs, "sift bench", "run") as progress:
+        for seconds in seconds_list:
+            inputs, warm_inputs = _bench_inputs(args, processor, seconds, device, dtype)
+            inputs_info.append(_inputs_info(model.config, inputs, seconds))
+            samples = _measure(args, model, inputs, warm_inputs, configs, compressors, device, memory, progress, seconds)
+            rows += _rows(args, samples, configs, scale, flops_config, inputs_info[-1], seconds)
+            del inputs, warm_inputs
     result = dict(
         command=getattr(args, "command_line", None) or _command_line(args),
         device=str(device),
@@ -469,23 +469,6 @@ def _check_options(args: argparse.Namespace) -> tuple[list[str], list[int]]:
         if s < 2 or s % 2:
             raise UsageError(f"--seconds values must be even numbers >= 2, got {s}")
     return methods, seconds_list
-
-
-class _NoProgress:
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _progress(total: int) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="sift bench", unit="run", file=sys.stderr)
 
 
 def _bench_inputs(args, processor, seconds: int, device: torch.device, dtype: torch.dtype) -> tuple[dict, dict]:

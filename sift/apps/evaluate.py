@@ -41,7 +41,6 @@ import argparse
 import json
 import logging
 import math
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -50,7 +49,14 @@ from typing import Any, TextIO
 import numpy as np
 import torch
 
-from sift.apps.runtime import args_or_options, equivalent_command, resolve_device, resolve_dtype, torch_threads
+from sift.apps.runtime import (
+    args_or_options,
+    equivalent_command,
+    progress_bar,
+    resolve_device,
+    resolve_dtype,
+    torch_threads,
+)
 
 __all__ = ["run_eval", "eval_options", "add_arguments", "accuracy", "UsageError", "EvalError", "AnswerLog", "run_settings"]
 
@@ -482,7 +488,7 @@ def _answer_all(
     skipped: dict[str, str] = {}
     load = _ClipLoader(args)
     written = 0
-    with _progress(args.quiet, sum(len(v) for v in todo.values())) as progress:
+    with progress_bar(args.quiet, sum(len(v) for v in todo.values()), "sift eval", "answer") as progress:
         try:
             for sample in samples:
                 if not todo[sample.id]:
@@ -504,25 +510,6 @@ def _answer_all(
                            "continue", written, log.path)
             raise
     return skipped
-
-
-class _NoProgress:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
-
-def _progress(quiet: bool, total: int) -> Any:
-    """A tqdm bar on stderr, or a stand-in with the same methods when ``quiet``."""
-    import contextlib
-
-    if quiet:
-        return contextlib.nullcontext(_NoProgress())
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="sift eval", unit="answer", file=sys.stderr)
 
 
 def _answer(model: Any, tok: Any, inputs: Any, compressor: Any, sample: Any, name: str, r: float,

@@ -9,6 +9,7 @@ import ctypes
 import gc
 import os
 import platform
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "torch_threads",
+    "progress_bar",
     "equivalent_command",
     "args_or_options",
     "cpu_model",
@@ -44,6 +46,23 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     if name not in DTYPES:
         raise ValueError(f"unknown dtype {name!r}; choose from auto, {', '.join(DTYPES)}")
     return DTYPES[name]
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+
+def progress_bar(quiet: bool, total: int, desc: str, unit: str) -> Any:
+    """A context manager: a tqdm bar on stderr, or a silent stand-in with the same methods when ``quiet``."""
+    if quiet:
+        return contextlib.nullcontext(_NoProgress())
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr)
 
 
 def args_or_options(args: Any, options: dict[str, Any], build: Any) -> Any:
