@@ -21,6 +21,7 @@ __all__ = [
     "shrink_sequence",
     "identity_slots",
     "continue_sequence",
+    "shrink_visual_rows",
 ]
 
 
@@ -92,6 +93,27 @@ def shrink_sequence(
     if text_positions is not None:
         new_pos = text_positions(new_pos, new_mask)
     return Shrunk(new_embeds, new_mask, new_pos, Slots(rows, src, dst))
+
+
+def shrink_visual_rows(
+    visual_pos_masks: torch.Tensor, level_embeds: list[torch.Tensor], keep: torch.Tensor, slots: Slots, length: int
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Qwen3-Omni's DeepStack inputs for a shrunk sequence: the mask over the kept tokens, and the kept rows.
+
+    Why: the decoder adds ``level_embeds[i]`` row by row to the hidden states at ``visual_pos_masks`` (row-major
+    over (B, L)), so a dropped video token must lose its row at every level, in the same order, or the rows
+    land on the wrong tokens (silently) or no longer fit (a crash). ``slots`` and ``length`` (K) describe the
+    shrunk sequence, as :func:`shrink_sequence` made it.
+    """
+    visual = visual_pos_masks.bool()
+    for i, rows in enumerate(level_embeds):
+        if rows.shape[0] != int(visual.sum()):
+            raise ValueError(f"DeepStack level {i} has {rows.shape[0]} rows but visual_pos_masks marks {int(visual.sum())} tokens")
+    kept_rows = keep.to(visual.device)[visual]  # (n_visual,) in the decoder's row order
+    new_mask = torch.zeros(visual.shape[0], length, dtype=torch.bool, device=visual.device)
+    src_visual = visual[slots.rows, slots.src]
+    new_mask[slots.rows[src_visual], slots.dst[src_visual]] = True
+    return new_mask, [rows[kept_rows.to(rows.device)] for rows in level_embeds]
 
 
 @dataclass

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sift.models import Qwen25OmniAdapter
-from sift.sequence import CacheState, continue_sequence, identity_slots, shrink_sequence
+from sift.sequence import CacheState, continue_sequence, identity_slots, shrink_sequence, shrink_visual_rows
 
 
 def _batch(mask: list[list[int]], keep: list[list[int]]):
@@ -84,3 +84,39 @@ def test_no_mask_needs_none_only_when_nothing_was_padded():
 def test_a_mask_of_another_length_is_refused():
     with pytest.raises(ValueError, match="full history \\(7 tokens\\) or the compressed one \\(5 tokens\\)"):
         continue_sequence(_state(), 4, 1, 1, torch.ones(1, 6))
+
+
+# ---------------------------------------------------------------- DeepStack rows (Qwen3-Omni)
+
+
+def _deepstack_case():
+    """Two left-padded rows; visual tokens (video or image) at known positions, rows numbered by token."""
+    mask = torch.tensor([[0, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+    visual = torch.tensor([[0, 0, 1, 1, 0, 1, 0], [0, 1, 1, 0, 1, 1, 0]], dtype=torch.bool)
+    keep = mask.bool() & ~torch.tensor([[0, 0, 1, 0, 0, 0, 0], [0, 0, 1, 0, 1, 1, 0]], dtype=torch.bool)
+    # level rows carry the (row, position) they belong to, so a misplaced row is visible
+    tags = torch.stack(torch.nonzero(visual, as_tuple=True), 1).float()
+    return mask, visual, keep, [tags, tags * 10]
+
+
+def test_shrink_visual_rows_drops_the_rows_of_dropped_tokens_at_every_level():
+    mask, visual, keep, levels = _deepstack_case()
+    embeds = torch.zeros(2, 7, 1)
+    positions = torch.arange(7).float().expand(3, 2, 7)
+    shrunk = shrink_sequence(embeds, positions, mask, keep)
+    new_mask, new_levels = shrink_visual_rows(visual, levels, keep, shrunk.slots, shrunk.attention_mask.shape[1])
+    # independent: the visual tokens that survive, in row-major order of the shrunk sequence
+    kept_visual = torch.stack(torch.nonzero(visual & keep, as_tuple=True), 1).float()
+    assert torch.equal(new_levels[0], kept_visual)
+    assert torch.equal(new_levels[1], kept_visual * 10)
+    assert new_mask.shape == shrunk.attention_mask.shape
+    # the shrunk mask marks exactly the slots where the surviving visual tokens went
+    slot_positions = shrunk.position_ids[0][new_mask]
+    assert torch.equal(slot_positions, kept_visual[:, 1])
+
+
+def test_shrink_visual_rows_refuses_levels_that_do_not_fit_the_mask():
+    mask, visual, keep, levels = _deepstack_case()
+    shrunk = shrink_sequence(torch.zeros(2, 7, 1), torch.zeros(3, 2, 7), mask, keep)
+    with pytest.raises(ValueError, match="DeepStack level 1 has 3 rows but visual_pos_masks marks 7"):
+        shrink_visual_rows(visual, [levels[0], levels[1][:3]], keep, shrunk.slots, shrunk.attention_mask.shape[1])

@@ -1,0 +1,189 @@
+"""A tiny real Qwen3-Omni thinker and audio+video inputs laid out the way its processor lays them out.
+
+Why: the Qwen3-Omni support (the adapter, the layout reader, DeepStack row dropping) must be tested offline on
+the REAL `qwen3_omni_moe` classes, the way tiny-omni serves Qwen2.5-Omni. The model here is built from
+`Qwen3OmniMoeThinkerConfig` with 2 MoE decoder layers, 4 experts (2 active), a 2-layer vision encoder with 2
+DeepStack levels and a 2-layer audio encoder; token ids come from :func:`sift.testbed.tiny.tiny_tokenizer`.
+
+How Qwen3-Omni differs from Qwen2.5-Omni in what reaches the decoder (checked in transformers 5.23-5.24,
+``models/qwen3_omni_moe``):
+
+- a video with its audio track is interleaved per temporal grid, by time: grid ``t`` (all its video tokens)
+  sits at temporal position ``t * second_per_grid * position_id_per_seconds`` and goes before every audio
+  token ``k`` (position ``k``, one per audio token) with ``k >= that position``; not Qwen2.5's 2 s chunks;
+- the audio encoder emits 13 tokens per second of audio (100 mel frames), and the real processor and
+  checkpoint use ``position_id_per_seconds=13``, so audio token ``k`` is at about ``k / 13`` s;
+- positions are float tensors; `get_rope_index` reads ``vision_start_token_id`` from the config (an extra
+  attribute, not a declared field);
+- the decoder also receives ``visual_pos_masks`` (B, L) and one ``deepstack_visual_embeds`` tensor per level
+  with one row per visual token of the batch, added to the hidden states of its first layers.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import torch
+
+from sift.testbed.tiny import SPECIAL_TOKENS, tiny_tokenizer
+
+__all__ = [
+    "QWEN3_POSITIONS_PER_SECOND",
+    "qwen3_audio_tokens",
+    "qwen3_interleave",
+    "tiny_qwen3_thinker_config",
+    "tiny_qwen3_thinker",
+    "qwen3_av_inputs",
+]
+
+#: What the real Qwen3-Omni processor and checkpoint use (the config class defaults to 25).
+QWEN3_POSITIONS_PER_SECOND = 13
+
+
+def qwen3_audio_tokens(feature_lengths: torch.Tensor, n_window: int = 50) -> torch.Tensor:
+    """Audio tokens the Qwen3-Omni encoder emits for mel lengths: 13 per full window of ``2 * n_window`` frames.
+
+    The encoder runs three stride-2 convolutions on each window of ``2 * n_window`` mel frames separately,
+    so a full window gives 13 tokens and the last, partial window its own conv output length.
+    """
+    window = 2 * n_window
+    rest = (feature_lengths % window - 1) // 2 + 1
+    return ((rest - 1) // 2 + 1 - 1) // 2 + 1 + (feature_lengths // window) * 13
+
+
+def qwen3_interleave(grid_t: int, tokens_per_grid: int, audio_tokens: int, grid_positions: float) -> torch.Tensor:
+    """(n,) bool, True at audio tokens: the processor's order of one video's tokens and its audio track's.
+
+    Grid ``t`` goes at temporal position ``t * grid_positions`` (``second_per_grid * position_id_per_seconds``)
+    and precedes every audio token ``k >= t * grid_positions``; audio token ``k`` sits at position ``k``.
+    """
+    order: list[bool] = []
+    k = 0
+    for t in range(grid_t):
+        start = t * grid_positions
+        while k < audio_tokens and k < start:
+            order.append(True)
+            k += 1
+        order += [False] * tokens_per_grid
+    order += [True] * (audio_tokens - k)
+    return torch.tensor(order, dtype=torch.bool)
+
+
+def tiny_qwen3_thinker_config(
+    tokenizer: Any = None,
+    *,
+    hidden_size: int = 64,
+    num_layers: int = 2,
+    num_experts: int = 4,
+    attn_implementation: str = "eager",
+) -> Any:
+    """A tiny ``Qwen3OmniMoeThinkerConfig`` from the real config classes, token ids from ``tokenizer``."""
+    from transformers import Qwen3OmniMoeThinkerConfig
+
+    tok = tokenizer if tokenizer is not None else tiny_tokenizer()
+    ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+    num_heads = 4
+    half = hidden_size // num_heads // 2
+    t_sec = max(1, half // 4)
+    h_sec = (half - t_sec) // 2
+    text_config = dict(
+        vocab_size=((len(tok) + 63) // 64) * 64,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        moe_intermediate_size=hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=2,
+        head_dim=hidden_size // num_heads,
+        num_experts=num_experts,
+        num_experts_per_tok=2,
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0,
+                         "mrope_section": [t_sec, h_sec, half - t_sec - h_sec], "interleaved": True},
+        pad_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+        bos_token_id=ids["<|im_start|>"],
+    )
+    audio_config = dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
+                        d_model=32, n_window=50, n_window_infer=400, downsample_hidden_size=16,
+                        output_dim=hidden_size)
+    vision_config = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+                         spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=hidden_size,
+                         num_position_embeddings=64, deepstack_visual_indexes=[0, 1])
+    config = Qwen3OmniMoeThinkerConfig(
+        audio_config=audio_config,
+        vision_config=vision_config,
+        text_config=text_config,
+        audio_token_id=ids["<|AUDIO|>"],
+        image_token_id=ids["<|IMAGE|>"],
+        video_token_id=ids["<|VIDEO|>"],
+        audio_start_token_id=ids["<|audio_bos|>"],
+        user_token_id=tok.convert_tokens_to_ids("user"),
+        position_id_per_seconds=QWEN3_POSITIONS_PER_SECOND,
+        # read by get_rope_index, not a declared field (the real checkpoint's config.json carries it)
+        vision_start_token_id=ids["<|vision_bos|>"],
+        vision_end_token_id=ids["<|vision_eos|>"],
+        audio_end_token_id=ids["<|audio_eos|>"],
+        pad_token_id=ids["<|endoftext|>"],
+        eos_token_id=ids["<|im_end|>"],
+    )
+    config._attn_implementation = attn_implementation
+    return config
+
+
+def tiny_qwen3_thinker(config: Any = None, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> Any:
+    """A randomly initialised (seeded) tiny ``Qwen3OmniMoeThinkerForConditionalGeneration`` in eval mode."""
+    from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
+
+    config = tiny_qwen3_thinker_config() if config is None else copy.deepcopy(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen3OmniMoeThinkerForConditionalGeneration(config)
+    model = model.to(dtype=dtype).eval()
+    model.generation_config.pad_token_id = config.pad_token_id
+    model.generation_config.eos_token_id = config.eos_token_id
+    return model
+
+
+def qwen3_av_inputs(
+    config: Any,
+    *,
+    seconds: int = 4,
+    fps: float = 2.0,
+    grid_hw: tuple[int, int] = (4, 4),
+    with_audio: bool = True,
+    prompt: tuple[int, ...] = (10, 11, 12),
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Thinker inputs for one random video (and its audio track), token for token as the processor builds them.
+
+    ``grid_hw`` is the patch grid of a frame (before the 2x2 merge); the prompt ids go after the media, like
+    a question after the clip. Pixels and mel features are random: the layout, not the content, is tested.
+    """
+    cfg_v, cfg_a = config.vision_config, config.audio_config
+    gen = torch.Generator().manual_seed(seed)
+    grid_t = int(seconds * fps) // cfg_v.temporal_patch_size
+    h, w = grid_hw
+    per_grid = (h // cfg_v.spatial_merge_size) * (w // cfg_v.spatial_merge_size)
+    second_per_grid = cfg_v.temporal_patch_size / fps
+    patch_dim = cfg_v.in_channels * cfg_v.temporal_patch_size * cfg_v.patch_size**2
+    inputs: dict[str, Any] = {
+        "pixel_values_videos": torch.randn(grid_t * h * w, patch_dim, generator=gen),
+        "video_grid_thw": torch.tensor([[grid_t, h, w]]),
+        "video_second_per_grid": torch.tensor([second_per_grid]),
+    }
+    n_audio = 0
+    if with_audio:
+        frames = 100 * seconds
+        n_audio = int(qwen3_audio_tokens(torch.tensor(frames), cfg_a.n_window))
+        inputs["input_features"] = torch.randn(1, cfg_a.num_mel_bins, frames, generator=gen)
+        inputs["feature_attention_mask"] = torch.ones(1, frames, dtype=torch.long)
+        inputs["use_audio_in_video"] = True
+    order = qwen3_interleave(grid_t, per_grid, n_audio, second_per_grid * config.position_id_per_seconds)
+    media = torch.where(order, config.audio_token_id, config.video_token_id)
+    head = [config.vision_start_token_id] + ([config.audio_start_token_id] if with_audio else [])
+    tail = ([config.audio_end_token_id] if with_audio else []) + [config.vision_end_token_id]
+    ids = torch.cat([torch.tensor(head), media, torch.tensor(tail + list(prompt))])[None]
+    inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
+    return inputs
