@@ -15,6 +15,7 @@ disagree silently. Images are left alone: they are not part of any window.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +32,9 @@ __all__ = [
     "LAYOUT_KEYS",
     "audio_tokens_from_features",
     "same_cells",
+    "Interleaving",
+    "QWEN25_INTERLEAVING",
+    "grid_interleaving",
 ]
 
 #: The thinker inputs besides `input_ids` that the layout is read from.
@@ -207,6 +211,45 @@ def audio_tokens_from_features(feature_lengths: torch.Tensor) -> torch.Tensor:
     return ((feature_lengths - 1) // 2 + 1 - 2) // 2 + 1
 
 
+def grid_interleaving(grid_t: int, tokens_per_grid: int, audio_tokens: int, grid_positions: float) -> torch.Tensor:
+    """(n,) bool, True at audio tokens: Qwen3-Omni's order of a video's tokens and its audio track's.
+
+    Grid ``t`` sits at temporal position ``t * grid_positions`` (``second_per_grid * position_id_per_seconds``)
+    and precedes every audio token ``k >= t * grid_positions``; audio token ``k`` sits at position ``k``
+    (the processor's `replace_video_with_audio_token` and the model's `get_rope_index` both merge this way).
+    """
+    order: list[bool] = []
+    k = 0
+    for t in range(grid_t):
+        start = t * grid_positions
+        while k < audio_tokens and k < start:
+            order.append(True)
+            k += 1
+        order += [False] * tokens_per_grid
+    order += [True] * (audio_tokens - k)
+    return torch.tensor(order, dtype=torch.bool)
+
+
+@dataclass(frozen=True)
+class Interleaving:
+    """How one model family lays a video's tokens out with its audio track, and counts its audio tokens.
+
+    ``by_grid`` False (Qwen2.5-Omni): `get_rope_index`'s 2 s chunks, each chunk's video tokens then its audio
+    tokens, a chunk opening at the first token at or past the next boundary (fps < 1 splits grids).
+    ``by_grid`` True (Qwen3-Omni): :func:`grid_interleaving`; windows are then 2 s of media time, grid ``t``
+    in window ``floor(t * second_per_grid * per_second / tokens_per_window)`` and audio token ``k`` in
+    ``k // tokens_per_window``, so every method gets the same 2 s unit as on Qwen2.5-Omni.
+    """
+
+    name: str
+    audio_tokens: Callable[[torch.Tensor, Any], torch.Tensor]  # (mel lengths, thinker config) -> LLM audio tokens
+    by_grid: bool = False
+
+
+#: Qwen2.5-Omni's rule (the default of :func:`build_layout`).
+QWEN25_INTERLEAVING = Interleaving("qwen2.5-omni", lambda lengths, cfg: audio_tokens_from_features(lengths))
+
+
 def _chunk_counts(values: list[int], tokens_per_value: int, tokens_per_chunk: int) -> list[int]:
     """Tokens per chunk under `get_chunked_index`'s rule, for runs of tokens sharing a temporal position.
 
@@ -237,6 +280,7 @@ def build_layout(
     feature_attention_mask: torch.Tensor | None = None,
     audio_feature_lengths: torch.Tensor | None = None,
     use_audio_in_video: bool | None = None,
+    interleaving: Interleaving = QWEN25_INTERLEAVING,
 ) -> TokenLayout:
     """Parse a thinker input into its time windows.
 
@@ -249,6 +293,7 @@ def build_layout(
         video_second_per_grid: seconds per temporal grid of each video.
         feature_attention_mask / audio_feature_lengths: audio mel lengths, used to check audio token counts.
         use_audio_in_video: the flag given to the model; checked against the token pattern when given.
+        interleaving: the model family's rule (the model adapter passes its own; default Qwen2.5-Omni's).
 
     Raises:
         ValueError: when the tokens do not follow the layout the model's position rules assume
@@ -264,10 +309,15 @@ def build_layout(
     if valid.shape != ids_cpu.shape:
         raise ValueError(f"attention_mask shape {tuple(valid.shape)} != input_ids shape {tuple(ids_cpu.shape)}")
     media = _MediaInputs.read(cfg, video_grid_thw, video_second_per_grid, feature_attention_mask, audio_feature_lengths,
-                              use_audio_in_video)
+                              use_audio_in_video, interleaving)
     rows = [media.row(b, ids_cpu[b], valid[b]) for b in range(ids_cpu.shape[0])]
     media.check_all_used()
-    return TokenLayout(rows=rows, seq_len=ids_cpu.shape[1], seconds_per_chunk=float(cfg.seconds_per_chunk))
+    return TokenLayout(rows=rows, seq_len=ids_cpu.shape[1], seconds_per_chunk=_seconds_per_window(cfg))
+
+
+def _seconds_per_window(cfg: Any) -> float:
+    """Qwen2.5-Omni's configs carry `seconds_per_chunk`; Qwen3-Omni's do not, and its processor uses 2 s."""
+    return float(getattr(cfg, "seconds_per_chunk", 2.0))
 
 
 @dataclass
@@ -279,12 +329,13 @@ class _MediaInputs:
     spgs: torch.Tensor | None  # (num_videos,) seconds per temporal grid
     audio_counts: list[int] | None  # LLM audio tokens per audio item, from the mel lengths
     use_audio_in_video: bool | None
+    interleaving: Interleaving
     video_idx: int = 0
     audio_idx: int = 0
 
     @classmethod
     def read(cls, cfg, video_grid_thw, video_second_per_grid, feature_attention_mask, audio_feature_lengths,
-             use_audio_in_video) -> _MediaInputs:
+             use_audio_in_video, interleaving) -> _MediaInputs:
         grids = None if video_grid_thw is None else video_grid_thw.detach().cpu().long()
         if video_second_per_grid is not None and not torch.is_tensor(video_second_per_grid):
             video_second_per_grid = torch.tensor(video_second_per_grid)
@@ -297,8 +348,8 @@ class _MediaInputs:
             audio_feature_lengths = feature_attention_mask.sum(-1)
         audio_counts = None
         if audio_feature_lengths is not None:
-            audio_counts = audio_tokens_from_features(audio_feature_lengths.detach().cpu().long()).tolist()
-        return cls(cfg, grids, spgs, audio_counts, use_audio_in_video)
+            audio_counts = interleaving.audio_tokens(audio_feature_lengths.detach().cpu().long(), cfg).tolist()
+        return cls(cfg, grids, spgs, audio_counts, use_audio_in_video, interleaving)
 
     def row(self, b: int, ids: torch.Tensor, valid: torch.Tensor) -> RowLayout:
         """The segments of row `b`: one per contiguous run of audio/video tokens."""
@@ -323,7 +374,8 @@ class _MediaInputs:
             second_per_grid=(self.spgs[self.video_idx] if self.spgs is not None else None) if has_v else None,
             merge=merge,
             per_second=self.cfg.position_id_per_seconds,
-            tokens_per_chunk=int(self.cfg.position_id_per_seconds * self.cfg.seconds_per_chunk),
+            tokens_per_chunk=int(self.cfg.position_id_per_seconds * _seconds_per_window(self.cfg)),
+            by_grid=self.interleaving.by_grid,
             video_item=video_item,
             audio_item=audio_item,
             where=f"row {b}, {kind} segment at position {int(run_pos[0])}",
@@ -389,6 +441,24 @@ def layout_of(inputs: Any, config: Any) -> TokenLayout:
     return build_layout(inputs["input_ids"], config, **{k: inputs.get(k) for k in LAYOUT_KEYS})
 
 
+def _check_interleaving(run_audio, video_per_window, audio_per_window, by_grid, grid, per_frame, grid_positions,
+                        seconds, where) -> None:
+    """The run's audio/video token pattern is the one the model's position rule assumes."""
+    if by_grid:
+        expected = grid_interleaving(grid[0], per_frame, int(run_audio.sum()), grid_positions)
+        rule = "per temporal grid by time"
+    else:  # per window, its video tokens then its audio tokens (processor order)
+        expected = torch.cat([
+            torch.tensor([False] * v + [True] * a, dtype=torch.bool) for v, a in zip(video_per_window, audio_per_window)
+        ])
+        rule = f"in {seconds:g}-second chunks"
+    if not torch.equal(expected, run_audio):
+        raise ValueError(
+            f"{where}: audio and video tokens are not interleaved {rule} as get_rope_index expects (was the input "
+            "made with load_audio_from_video / use_audio_in_video consistently?)"
+        )
+
+
 def _segment_windows(
     kind: SegmentKind,
     run_pos: torch.Tensor,
@@ -399,6 +469,7 @@ def _segment_windows(
     merge: int,
     per_second: float,
     tokens_per_chunk: int,
+    by_grid: bool,
     video_item: int,
     audio_item: int,
     where: str,
@@ -422,9 +493,13 @@ def _segment_windows(
             )
         if second_per_grid is None:
             raise ValueError(f"{where}: video_second_per_grid is required to place video tokens in time")
-        # Same arithmetic as get_rope_index: float32 seconds * positions per second, truncated.
-        t_index = (torch.arange(t_grids) * second_per_grid.float() * per_second).long().tolist()
-        video_per_window = _chunk_counts(t_index, per_frame, tokens_per_chunk)
+        # Same arithmetic as get_rope_index: float32 seconds * positions per second (Qwen2.5 truncates).
+        t_float = torch.arange(t_grids) * second_per_grid.float() * per_second
+        if by_grid:
+            slots = torch.floor(t_float / tokens_per_chunk).long()
+            video_per_window = (torch.bincount(slots, minlength=int(slots.max()) + 1) * per_frame).tolist()
+        else:
+            video_per_window = _chunk_counts(t_float.long().tolist(), per_frame, tokens_per_chunk)
 
     n_windows = max(len(video_per_window), len(audio_per_window))
     video_per_window += [0] * (n_windows - len(video_per_window))
@@ -432,20 +507,9 @@ def _segment_windows(
     video_start = [0] + list(itertools.accumulate(video_per_window))
     audio_start = [0] + list(itertools.accumulate(audio_per_window))
 
-    # Expected token pattern: per window, its video tokens then its audio tokens (processor order).
     if kind == "audio_in_video":
-        expected = torch.cat(
-            [
-                torch.tensor([False] * video_per_window[j] + [True] * audio_per_window[j], dtype=torch.bool)
-                for j in range(n_windows)
-            ]
-        )
-        if not torch.equal(expected, run_audio):
-            raise ValueError(
-                f"{where}: audio and video tokens are not interleaved in {tokens_per_chunk / per_second:g}-second "
-                "chunks as get_rope_index expects (was the input made with load_audio_from_video / "
-                "use_audio_in_video consistently?)"
-            )
+        _check_interleaving(run_audio, video_per_window, audio_per_window, by_grid, grid, per_frame,
+                            float(second_per_grid) * per_second, tokens_per_chunk / per_second, where)
 
     hw = None
     if per_frame:

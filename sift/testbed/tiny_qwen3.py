@@ -26,48 +26,20 @@ from typing import Any
 
 import torch
 
+from sift.layout import grid_interleaving
+from sift.models.qwen3_omni import qwen3_audio_tokens
 from sift.testbed.tiny import SPECIAL_TOKENS, tiny_tokenizer
 
 __all__ = [
     "QWEN3_POSITIONS_PER_SECOND",
-    "qwen3_audio_tokens",
-    "qwen3_interleave",
     "tiny_qwen3_thinker_config",
     "tiny_qwen3_thinker",
     "qwen3_av_inputs",
+    "decoder_inputs",
 ]
 
 #: What the real Qwen3-Omni processor and checkpoint use (the config class defaults to 25).
 QWEN3_POSITIONS_PER_SECOND = 13
-
-
-def qwen3_audio_tokens(feature_lengths: torch.Tensor, n_window: int = 50) -> torch.Tensor:
-    """Audio tokens the Qwen3-Omni encoder emits for mel lengths: 13 per full window of ``2 * n_window`` frames.
-
-    The encoder runs three stride-2 convolutions on each window of ``2 * n_window`` mel frames separately,
-    so a full window gives 13 tokens and the last, partial window its own conv output length.
-    """
-    window = 2 * n_window
-    rest = (feature_lengths % window - 1) // 2 + 1
-    return ((rest - 1) // 2 + 1 - 1) // 2 + 1 + (feature_lengths // window) * 13
-
-
-def qwen3_interleave(grid_t: int, tokens_per_grid: int, audio_tokens: int, grid_positions: float) -> torch.Tensor:
-    """(n,) bool, True at audio tokens: the processor's order of one video's tokens and its audio track's.
-
-    Grid ``t`` goes at temporal position ``t * grid_positions`` (``second_per_grid * position_id_per_seconds``)
-    and precedes every audio token ``k >= t * grid_positions``; audio token ``k`` sits at position ``k``.
-    """
-    order: list[bool] = []
-    k = 0
-    for t in range(grid_t):
-        start = t * grid_positions
-        while k < audio_tokens and k < start:
-            order.append(True)
-            k += 1
-        order += [False] * tokens_per_grid
-    order += [True] * (audio_tokens - k)
-    return torch.tensor(order, dtype=torch.bool)
 
 
 def tiny_qwen3_thinker_config(
@@ -180,10 +152,26 @@ def qwen3_av_inputs(
         inputs["input_features"] = torch.randn(1, cfg_a.num_mel_bins, frames, generator=gen)
         inputs["feature_attention_mask"] = torch.ones(1, frames, dtype=torch.long)
         inputs["use_audio_in_video"] = True
-    order = qwen3_interleave(grid_t, per_grid, n_audio, second_per_grid * config.position_id_per_seconds)
+    order = grid_interleaving(grid_t, per_grid, n_audio, second_per_grid * config.position_id_per_seconds)
     media = torch.where(order, config.audio_token_id, config.video_token_id)
     head = [config.vision_start_token_id] + ([config.audio_start_token_id] if with_audio else [])
     tail = ([config.audio_end_token_id] if with_audio else []) + [config.vision_end_token_id]
     ids = torch.cat([torch.tensor(head), media, torch.tensor(tail + list(prompt))])[None]
     inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
     return inputs
+
+
+def decoder_inputs(thinker: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+    """What the stock thinker hands its decoder for ``inputs`` (embeddings, float 3D positions, DeepStack rows).
+
+    Why: the layout and DeepStack tests compare sift's view of a prefill with the model's own, read at the one
+    seam sift hooks (the language model's inputs).
+    """
+    seen: dict[str, Any] = {}
+    handle = thinker.model.language_model.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            thinker(**inputs)
+    finally:
+        handle.remove()
+    return seen

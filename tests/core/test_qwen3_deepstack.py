@@ -5,24 +5,13 @@
 import torch
 
 from sift.sequence import shrink_sequence, shrink_visual_rows
-from sift.testbed.tiny_qwen3 import qwen3_av_inputs, tiny_qwen3_thinker
-
-
-def _decoder_inputs(thinker, inputs):
-    seen = {}
-    handle = thinker.model.language_model.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
-    try:
-        with torch.no_grad():
-            thinker(**inputs)
-    finally:
-        handle.remove()
-    return seen
+from sift.testbed.tiny_qwen3 import decoder_inputs, qwen3_av_inputs, tiny_qwen3_thinker
 
 
 def test_dropping_video_tokens_drops_their_deepstack_rows_exactly():
     thinker = tiny_qwen3_thinker()
     inputs = qwen3_av_inputs(thinker.config, seconds=4, fps=2.0)
-    full = _decoder_inputs(thinker, inputs)
+    full = decoder_inputs(thinker, inputs)
     ids = inputs["input_ids"]
     video = ids == thinker.config.video_token_id
     gen = torch.Generator().manual_seed(0)

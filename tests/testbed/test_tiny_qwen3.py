@@ -5,7 +5,9 @@ import pytest
 import torch
 from transformers.models.qwen3_omni_moe import modeling_qwen3_omni_moe as q3
 
-from sift.testbed.tiny_qwen3 import qwen3_audio_tokens, qwen3_av_inputs, qwen3_interleave, tiny_qwen3_thinker
+from sift.layout import grid_interleaving
+from sift.models.qwen3_omni import qwen3_audio_tokens
+from sift.testbed.tiny_qwen3 import decoder_inputs, qwen3_av_inputs, tiny_qwen3_thinker
 
 
 @pytest.fixture(scope="module")
@@ -20,28 +22,15 @@ def test_audio_token_count_is_the_encoders(frames):
 
 
 def test_interleave_puts_each_grid_before_the_audio_at_or_after_its_time():
-    order = qwen3_interleave(grid_t=3, tokens_per_grid=2, audio_tokens=30, grid_positions=13.0)
+    order = grid_interleaving(grid_t=3, tokens_per_grid=2, audio_tokens=30, grid_positions=13.0)
     expected = [False] * 2 + [True] * 13 + [False] * 2 + [True] * 13 + [False] * 2 + [True] * 4
     assert order.tolist() == expected
-
-
-def _positions(thinker, inputs):
-    seen = {}
-    handle = thinker.model.language_model.register_forward_pre_hook(
-        lambda m, a, kw: seen.update(kw), with_kwargs=True
-    )
-    try:
-        with torch.no_grad():
-            thinker(**inputs)
-    finally:
-        handle.remove()
-    return seen
 
 
 @pytest.mark.parametrize("with_audio", [True, False])
 def test_stock_model_places_tokens_by_time(thinker, with_audio):
     inputs = qwen3_av_inputs(thinker.config, seconds=4, fps=2.0, with_audio=with_audio)
-    seen = _positions(thinker, inputs)
+    seen = decoder_inputs(thinker, inputs)
     ids, t_row = inputs["input_ids"][0], seen["position_ids"][0, 0]
     assert seen["position_ids"].dtype == torch.float32
     start = 2.0 if with_audio else 1.0  # after <vision_bos> (and <audio_bos>)
