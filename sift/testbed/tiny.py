@@ -42,6 +42,8 @@ __all__ = [
     "tiny_tokenizer",
     "tiny_thinker_config",
     "tiny_thinker",
+    "tiny_vocab_size",
+    "tiny_mrope_section",
     "tiny_processor",
     "omni_inputs",
 ]
@@ -167,6 +169,19 @@ def _round_up(n: int, multiple: int = 64) -> int:
     return ((n + multiple - 1) // multiple) * multiple
 
 
+def tiny_vocab_size(tokenizer: PreTrainedTokenizerFast) -> int:
+    """Embedding rows for a tiny model: the tokenizer's size rounded up to a multiple of 64."""
+    return _round_up(len(tokenizer), 64)
+
+
+def tiny_mrope_section(head_dim: int) -> list[int]:
+    """M-RoPE (t, h, w) sections for ``head_dim``: Qwen's [16, 24, 24] for 128 is (1/4, 3/8, 3/8) of head_dim/2."""
+    half = head_dim // 2
+    t_sec = max(1, half // 4)
+    h_sec = (half - t_sec) // 2
+    return [t_sec, h_sec, half - t_sec - h_sec]
+
+
 def tiny_thinker_config(
     tokenizer: PreTrainedTokenizerFast | None = None,
     *,
@@ -189,17 +204,13 @@ def tiny_thinker_config(
     """
     tok = tokenizer if tokenizer is not None else tiny_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-    vocab = vocab_size if vocab_size is not None else _round_up(len(tok), 64)
+    vocab = vocab_size if vocab_size is not None else tiny_vocab_size(tok)
     if vocab < len(tok):
         raise ValueError(f"vocab_size={vocab} is smaller than the tokenizer ({len(tok)} tokens)")
 
     num_heads = 4
     head_dim = hidden_size // num_heads
-    half = head_dim // 2
-    # Qwen's [16, 24, 24] for head_dim 128 is (1/4, 3/8, 3/8) of head_dim/2; keep that shape.
-    t_sec = max(1, half // 4)
-    h_sec = (half - t_sec) // 2
-    mrope_section = [t_sec, h_sec, half - t_sec - h_sec]
+    mrope_section = tiny_mrope_section(head_dim)
 
     text_config: dict[str, Any] = dict(
         vocab_size=vocab,

@@ -28,7 +28,7 @@ import torch
 
 from sift.layout import grid_interleaving
 from sift.models.qwen3_omni import qwen3_audio_tokens
-from sift.testbed.tiny import SPECIAL_TOKENS, tiny_tokenizer
+from sift.testbed.tiny import SPECIAL_TOKENS, tiny_mrope_section, tiny_tokenizer, tiny_vocab_size
 
 __all__ = [
     "QWEN3_POSITIONS_PER_SECOND",
@@ -56,11 +56,8 @@ def tiny_qwen3_thinker_config(
     tok = tokenizer if tokenizer is not None else tiny_tokenizer()
     ids = {t: tok.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     num_heads = 4
-    half = hidden_size // num_heads // 2
-    t_sec = max(1, half // 4)
-    h_sec = (half - t_sec) // 2
     text_config = dict(
-        vocab_size=((len(tok) + 63) // 64) * 64,
+        vocab_size=tiny_vocab_size(tok),
         hidden_size=hidden_size,
         intermediate_size=2 * hidden_size,
         moe_intermediate_size=hidden_size,
@@ -72,7 +69,7 @@ def tiny_qwen3_thinker_config(
         num_experts_per_tok=2,
         max_position_embeddings=32768,
         rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0,
-                         "mrope_section": [t_sec, h_sec, half - t_sec - h_sec], "interleaved": True},
+                         "mrope_section": tiny_mrope_section(hidden_size // num_heads), "interleaved": True},
         pad_token_id=ids["<|endoftext|>"],
         eos_token_id=ids["<|im_end|>"],
         bos_token_id=ids["<|im_start|>"],
