@@ -89,6 +89,7 @@ class PrefillState:
     slots: Slots | None = None  # where each kept token sits in the decoder input
     rope_deltas: torch.Tensor | None = None  # (B, 1) max position + 1 - length, full-sequence convention
     stats: CompressionStats | None = None
+    router_loss: bool = False  # a mixture-of-experts load-balancing loss to compute over the kept tokens
 
 
 class CompressionSession:
@@ -219,6 +220,7 @@ class CompressionSession:
             loss_kwargs={k: kwargs[k] for k in loss_keys if k in kwargs},
             full_mask=attention_mask,
         )
+        self._prefill.router_loss = self.adapter.defer_router_loss(kwargs, self.thinker.config)
         return (), kwargs
 
     def _before_language_model(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
@@ -232,6 +234,8 @@ class CompressionSession:
                 "attention mask (static caches with prepared 4D masks are not supported)"
             )
         text_row, positions3 = self.adapter.split_positions(positions)
+        if prefill.router_loss:
+            kwargs["output_router_logits"] = True
         start = time.perf_counter()
         batch = CompressionBatch(
             embeds=embeds,
@@ -262,6 +266,7 @@ class CompressionSession:
             shrunk = shrink_sequence(embeds, positions3, mask, keep, text_positions)
             prefill.slots, prefill.kept_mask = shrunk.slots, shrunk.attention_mask
             kwargs.update(inputs_embeds=shrunk.inputs_embeds, attention_mask=shrunk.attention_mask, position_ids=shrunk.position_ids)
+            self.adapter.shrink_decoder_extras(kwargs, keep, shrunk.slots, shrunk.attention_mask.shape[1])
         if selection.updates is not None:
             kwargs["inputs_embeds"] = self._apply_updates(kwargs["inputs_embeds"], selection.updates, keep, prefill.slots)
         if embeds.is_cuda:
@@ -306,6 +311,8 @@ class CompressionSession:
                 vocab_size=self.thinker.config.get_text_config().vocab_size,
                 **prefill.loss_kwargs,
             )
+        if prefill.router_loss:
+            self.adapter.router_loss(self.thinker, output, prefill.kept_mask, with_labels=prefill.labels is not None)
         return output
 
     # ------------------------------------------------------------------ pieces

@@ -184,25 +184,21 @@ def block_attention_received(
     return out
 
 
-def pool_like_encoder(saliency: torch.Tensor, feature_lens: torch.Tensor | Sequence[int]) -> list[torch.Tensor]:
-    """Split per-position saliency ``(T,)`` per audio and average-pool by 2 like the encoder's post-pooling.
+def pool_like_encoder(saliency: torch.Tensor, positions: torch.Tensor | Sequence[int], pool: int = 2) -> list[torch.Tensor]:
+    """Split per-position saliency ``(T,)`` per audio and average it ``pool`` positions at a time, as the encoder does.
 
-    ``feature_lens`` are the mel lengths of the audios in the order the encoder received them; position
-    counts per audio are ``(len - 1) // 2 + 1`` and must sum to ``T``. Returns one float32 tensor per
-    audio of length ``((len - 1) // 2 + 1 - 2) // 2 + 1`` (its number of LLM audio tokens).
+    ``positions`` are the position counts of the audios at the last attention layer, in the order the encoder
+    received them (the model adapter's ``audio_positions``), and must sum to ``T``. Qwen2.5-Omni pools by 2 after
+    that layer (an odd trailing position is dropped, as in the encoder); Qwen3-Omni does not pool (``pool=1``).
+    Returns one float32 tensor per audio with one value per LLM audio token.
     """
-    lens = torch.as_tensor(feature_lens, dtype=torch.long).reshape(-1).cpu()
-    after_conv = (lens - 1) // 2 + 1
-    if int(after_conv.sum()) != saliency.shape[0]:
-        raise ValueError(
-            f"saliency has {saliency.shape[0]} positions but feature_lens {lens.tolist()} imply {int(after_conv.sum())}"
-        )
-    sal = saliency.float()
+    counts = torch.as_tensor(positions, dtype=torch.long).reshape(-1).cpu()
+    if int(counts.sum()) != saliency.shape[0]:
+        raise ValueError(f"saliency has {saliency.shape[0]} positions but the audios have {counts.tolist()}")
     result: list[torch.Tensor] = []
-    for piece, n in zip(sal.split(after_conv.tolist()), after_conv.tolist()):
-        num_pooled = (n - 2) // 2 + 1
-        pairs = piece[: 2 * num_pooled].reshape(num_pooled, 2)
-        result.append(pairs.mean(dim=1))
+    for piece, n in zip(saliency.float().split(counts.tolist()), counts.tolist()):
+        tokens = (n - pool) // pool + 1 if n >= pool else 0
+        result.append(piece[: pool * tokens].reshape(tokens, pool).mean(dim=1))
     return result
 
 
@@ -248,7 +244,8 @@ def attach_audio_saliency(
         if feature_lens is None or positions is None:
             raise RuntimeError("audio saliency: the last encoder layer's attention did not run in this call")
         with torch.no_grad():
-            signals[AUDIO_SALIENCY] = pool_like_encoder(positions, feature_lens)
+            counts = adapter.audio_positions(torch.as_tensor(feature_lens).reshape(-1).cpu(), thinker.config)
+            signals[AUDIO_SALIENCY] = pool_like_encoder(positions, counts, adapter.audio_pool)
 
     return [
         tower.register_forward_pre_hook(tower_pre_hook, with_kwargs=True),

@@ -7,5 +7,6 @@ adapter of the model they were given (`adapter_for`). Supporting a new family (Q
 
 from sift.models.base import OmniAdapter, adapter_for, register_adapter, registered_adapters
 from sift.models.qwen2_5_omni import Qwen25OmniAdapter
+from sift.models.qwen3_omni import Qwen3OmniAdapter
 
-__all__ = ["OmniAdapter", "adapter_for", "register_adapter", "registered_adapters", "Qwen25OmniAdapter"]
+__all__ = ["OmniAdapter", "adapter_for", "register_adapter", "registered_adapters", "Qwen25OmniAdapter", "Qwen3OmniAdapter"]

@@ -94,6 +94,31 @@ class OmniAdapter:
         """(hidden_states, cu_seqlens) of one call of `audio_attention`, from its arguments."""
         raise NotImplementedError
 
+    #: Encoder positions averaged into one LLM audio token after the last attention (1: none are pooled).
+    audio_pool: ClassVar[int] = 1
+
+    def audio_positions(self, feature_lens: torch.Tensor, config: Any) -> torch.Tensor:
+        """Positions each audio has at the encoder's last attention, for its mel lengths."""
+        raise NotImplementedError
+
+    def defer_router_loss(self, kwargs: dict[str, Any], config: Any) -> bool:
+        """For a mixture-of-experts thinker asked for router logits: stop it computing the load-balancing loss.
+
+        Why: the stock thinker computes that loss with the attention mask it was given, the full-length one, over
+        router logits of the kept tokens only. Returns whether `router_loss` must compute it after the call.
+        """
+        return False
+
+    def router_loss(self, thinker: nn.Module, output: Any, kept_mask: torch.Tensor, with_labels: bool) -> None:
+        """The load-balancing loss over the kept tokens, into ``output`` (and into its loss when there were labels)."""
+
+    def shrink_decoder_extras(self, kwargs: dict[str, Any], keep: torch.Tensor, slots: Any, length: int) -> None:
+        """Drop dropped tokens' rows from decoder inputs besides embeddings, mask and positions, in place.
+
+        Why: some decoders take per-token side inputs (Qwen3-Omni's DeepStack rows); a shrunk sequence must lose
+        them with their tokens. ``slots`` and ``length`` describe the shrunk sequence (`sift.sequence.Slots`).
+        """
+
 
 def register_adapter(cls: type[OmniAdapter]) -> type[OmniAdapter]:
     """Class decorator: make `adapter_for` find models this adapter handles."""

@@ -64,3 +64,10 @@ class Qwen25OmniAdapter(OmniAdapter):
 
     def audio_attention_inputs(self, args: tuple, kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
         return hf.audio_attention_inputs(args, kwargs)
+
+    #: the encoder average-pools pairs of positions after its last attention layer
+    audio_pool = 2
+
+    def audio_positions(self, feature_lens: torch.Tensor, config: Any) -> torch.Tensor:
+        """One position per 2 mel frames (the stride-2 convolution)."""
+        return (feature_lens - 1) // 2 + 1

@@ -35,6 +35,7 @@ __all__ = [
     "tiny_qwen3_thinker_config",
     "tiny_qwen3_thinker",
     "qwen3_av_inputs",
+    "qwen3_batch",
     "decoder_inputs",
 ]
 
@@ -156,6 +157,31 @@ def qwen3_av_inputs(
     ids = torch.cat([torch.tensor(head), media, torch.tensor(tail + list(prompt))])[None]
     inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids))
     return inputs
+
+
+def qwen3_batch(config: Any, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """One left-padded batch of :func:`qwen3_av_inputs` samples, as the processor pads one (for `generate`).
+
+    Media are concatenated in row order; mel features are right-padded to the longest audio and masked by
+    ``feature_attention_mask``, as the feature extractor does.
+    """
+    length = max(s["input_ids"].shape[1] for s in samples)
+    pad = [length - s["input_ids"].shape[1] for s in samples]
+    batch: dict[str, Any] = {
+        "input_ids": torch.stack([torch.cat([torch.full((p,), config.pad_token_id), s["input_ids"][0]]) for s, p in zip(samples, pad)]),
+        "attention_mask": torch.stack([torch.cat([torch.zeros(p, dtype=torch.long), s["attention_mask"][0]]) for s, p in zip(samples, pad)]),
+    }
+    for key in ("pixel_values_videos", "video_grid_thw", "video_second_per_grid"):
+        batch[key] = torch.cat([s[key] for s in samples])
+    audio = [s for s in samples if "input_features" in s]
+    if audio:
+        if len(audio) != len(samples):
+            raise ValueError("qwen3_batch: every sample must have an audio track, or none")
+        frames = max(s["input_features"].shape[-1] for s in audio)
+        batch["input_features"] = torch.cat([torch.nn.functional.pad(s["input_features"], (0, frames - s["input_features"].shape[-1])) for s in audio])
+        batch["feature_attention_mask"] = torch.cat([torch.nn.functional.pad(s["feature_attention_mask"], (0, frames - s["feature_attention_mask"].shape[-1])) for s in audio])
+        batch["use_audio_in_video"] = True
+    return batch
 
 
 def decoder_inputs(thinker: Any, inputs: dict[str, Any]) -> dict[str, Any]:

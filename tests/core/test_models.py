@@ -27,7 +27,8 @@ def test_qwen25_omni_thinker_gets_its_adapter_and_the_plugin_hooks_its_language_
 
 def test_an_unknown_model_is_refused_naming_what_is_supported():
     with pytest.raises(TypeError, match="sift supports Qwen2_5OmniThinkerForConditionalGeneration, "
-                                        "Qwen2_5OmniForConditionalGeneration; got Linear"):
+                                        "Qwen2_5OmniForConditionalGeneration, Qwen3OmniMoeThinkerForConditionalGeneration, "
+                                        "Qwen3OmniMoeForConditionalGeneration; got Linear"):
         adapter_for(nn.Linear(2, 2))
     with pytest.raises(TypeError, match="^sift.compress: sift supports"):
         sift.compress(nn.Linear(2, 2), "random", 0.5)
@@ -70,6 +71,7 @@ def test_the_interface_leaves_nothing_model_specific_to_a_default():
 
     bare = Bare()
     for method, args in [("read_layout", ({}, None)), ("split_positions", (None,)), ("media_token_ids", (None,)),
-                         ("audio_tower", (None,)), ("continuation_positions", (None, None, 1))]:
+                         ("audio_tower", (None,)), ("continuation_positions", (None, None, 1)),
+                         ("audio_positions", (None, None))]:
         with pytest.raises(NotImplementedError):
             getattr(bare, method)(*args)

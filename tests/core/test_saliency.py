@@ -230,9 +230,9 @@ def test_pool_like_encoder_matches_pool_indices():
     feature_lens = torch.tensor([900, 470, 3, 1, 7])
     n_pos = (feature_lens - 1) // 2 + 1
     sal = torch.rand(int(n_pos.sum()), generator=torch.Generator().manual_seed(0))
-    pooled = pool_like_encoder(sal, feature_lens)
+    pooled = pool_like_encoder(sal, n_pos)
     assert [len(p) for p in pooled] == audio_tokens_from_features(torch.as_tensor(feature_lens)).tolist()
     idx = get_pool_indices(feature_lens)
     torch.testing.assert_close(torch.cat(pooled), (sal[idx] + sal[idx + 1]) / 2)
     with pytest.raises(ValueError):
-        pool_like_encoder(sal[:-1], feature_lens)
+        pool_like_encoder(sal[:-1], n_pos)
