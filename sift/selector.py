@@ -36,11 +36,24 @@ PUBLISHED_PREFIX = "thinker.compressor."
 _HUB_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?/[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?")
 
 
+#: The thinker config ``model_type`` of Qwen2.5-Omni: what every selector before `OmniSIFTConfig.base_model` read.
+QWEN25_THINKER = "qwen2_5_omni_thinker"
+
+
+def thinker_config_of(config: Any) -> Any:
+    """The thinker config of a full omni config (``.thinker_config``), or the thinker config itself."""
+    return getattr(config, "thinker_config", config)
+
+
 class OmniSIFTConfig(PretrainedConfig):
     """Sizes and behaviour of an OmniSIFT selector.
 
     Args:
-        hidden_size: the LLM hidden size D the selector reads (3584 for Qwen2.5-Omni-7B, 2048 for 3B).
+        hidden_size: the LLM hidden size D the selector reads (3584 for Qwen2.5-Omni-7B, 2048 for 3B and for
+            Qwen3-Omni-30B-A3B).
+        base_model: the ``model_type`` of the thinker config the selector reads ("qwen2_5_omni_thinker",
+            "qwen3_omni_moe_thinker"); checkpoints written before it existed were all Qwen2.5-Omni's. Why: two
+            families share hidden size 2048, and a selector trained on one's embeddings means nothing on the other's.
         vgas_dim / vgas_heads / score_dim: VGAS widths (paper: 512 / 8 / 256).
         stvp_dim: width of the learnable STVP token projection.
         init: "omnizip" (start from training-free selection) or "random".
@@ -78,6 +91,7 @@ class OmniSIFTConfig(PretrainedConfig):
         rho_video: float | None = None,
         visual_guidance: bool = True,
         stvp_residual: bool = True,
+        base_model: str = QWEN25_THINKER,
         **kwargs: Any,
     ):
         if init not in ("omnizip", "random"):
@@ -94,6 +108,7 @@ class OmniSIFTConfig(PretrainedConfig):
         ):
             raise ValueError(f"rho_audio/rho_video: both None or both in [0, 1), got {rho_audio}, {rho_video}")
         self.hidden_size = hidden_size
+        self.base_model = base_model
         self.vgas_dim = vgas_dim
         self.vgas_heads = vgas_heads
         self.score_dim = score_dim
@@ -185,16 +200,26 @@ class OmniSIFTSelector(PreTrainedModel):
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> "OmniSIFTSelector":
-        """A fresh selector sized for a thinker config (`Qwen2_5OmniThinkerConfig` or full `Qwen2_5OmniConfig`)."""
+        """A fresh selector for a model config: a thinker config or a full omni config, of any supported family."""
         if isinstance(config, OmniSIFTConfig):
             return cls(config)
-        thinker = getattr(config, "thinker_config", config)
+        thinker = thinker_config_of(config)
         hidden = thinker.get_text_config().hidden_size
-        return cls(OmniSIFTConfig(hidden_size=hidden, **kwargs))
+        return cls(OmniSIFTConfig(hidden_size=hidden, base_model=thinker.model_type, **kwargs))
 
     @property
     def hidden_size(self) -> int:
         return self.config.hidden_size
+
+    def check_model(self, config: Any) -> None:
+        """Refuse a model this selector was not trained for: another family, or another hidden size."""
+        thinker = thinker_config_of(config)
+        if thinker.model_type != self.config.base_model:
+            raise ValueError(
+                f"this OmniSIFT selector was trained on {self.config.base_model} embeddings, but the model is "
+                f"{thinker.model_type}; use a selector trained for this model (OmniSIFTSelector.from_config for a fresh one)"
+            )
+        self.check_hidden_size(thinker.get_text_config().hidden_size)
 
     def check_hidden_size(self, hidden_size: int) -> None:
         if hidden_size != self.config.hidden_size:

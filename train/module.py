@@ -198,7 +198,8 @@ class SelectorModule(L.LightningModule):
 
     def _build_selector(self) -> OmniSIFTSelector:
         options = dict(self.hparams.selector or {})
-        hidden = self._thinker_config().get_text_config().hidden_size
+        thinker_config = self._thinker_config()
+        hidden = thinker_config.get_text_config().hidden_size
         if self.hparams.selector_checkpoint:
             structural = sorted(k for k in options if k not in _BEHAVIOUR_KEYS)
             if structural:
@@ -209,12 +210,11 @@ class SelectorModule(L.LightningModule):
             selector = OmniSIFTSelector.from_pretrained(self.hparams.selector_checkpoint).float()
             for key, value in options.items():
                 setattr(selector.config, key, value)
-            selector.check_hidden_size(hidden)
+            selector.check_model(thinker_config)
             return selector
         if "hidden_size" in options and options["hidden_size"] != hidden:
             raise ValueError(f"selector.hidden_size={options['hidden_size']} but the model's hidden size is {hidden}")
-        options["hidden_size"] = hidden
-        return OmniSIFTSelector(OmniSIFTConfig(**options))
+        return OmniSIFTSelector.from_config(thinker_config, **{k: v for k, v in options.items() if k != "hidden_size"})
 
     def configure_model(self) -> None:
         if self.model is not None:

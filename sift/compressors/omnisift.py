@@ -84,10 +84,9 @@ class OmniSIFT(Compressor):
         return self.selector.config.audio_topk if self.selector is not None else "clip"
 
     def attach(self, thinker: torch.nn.Module, signals: dict[str, Any]) -> list[RemovableHandle]:
-        hidden = thinker.config.get_text_config().hidden_size
         if self.selector is None:
             self.selector = OmniSIFTSelector.from_config(thinker.config)
-        self.selector.check_hidden_size(hidden)
+        self.selector.check_model(thinker.config)
         device = thinker.get_input_embeddings().weight.device
         if next(self.selector.parameters()).device != device:
             self.selector.to(device)

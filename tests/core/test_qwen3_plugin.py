@@ -202,3 +202,26 @@ def test_video_without_audio(q3):
     stats = session.history[0]
     assert stats.audio_before == [0] and stats.video_after[0] == round(0.5 * stats.video_before[0]) > 0
     assert out.shape[1] == silent["input_ids"].shape[1] + MAX_NEW
+
+
+def test_a_fresh_selector_is_sized_for_qwen3_30b_a3b_and_a_qwen25_selector_is_refused(q3, clip):
+    from transformers import Qwen2_5OmniThinkerConfig, Qwen3OmniMoeConfig
+
+    from sift.selector import OmniSIFTSelector
+
+    real = Qwen3OmniMoeConfig()  # the class defaults are Qwen3-Omni-30B-A3B's dims
+    selector = OmniSIFTSelector.from_config(real)
+    assert selector.config.hidden_size == 2048 and selector.config.base_model == "qwen3_omni_moe_thinker"
+    qwen25_3b = OmniSIFTSelector.from_config(Qwen2_5OmniThinkerConfig(text_config={"hidden_size": 2048}))
+    assert qwen25_3b.config.hidden_size == 2048  # the same width: only the family tells them apart
+    with pytest.raises(ValueError, match="trained on qwen2_5_omni_thinker embeddings, but the model is qwen3_omni_moe_thinker"):
+        qwen25_3b.check_model(real)
+    tiny25 = OmniSIFTSelector.from_config(Qwen2_5OmniThinkerConfig(text_config={"hidden_size": 64}))
+    with pytest.raises(ValueError, match="is qwen3_omni_moe_thinker"):  # refused on entry, before any forward
+        with sift.compress(q3, sift.get_compressor("omnisift", retention=0.5, selector=tiny25)):
+            pass
+    assert not q3._forward_pre_hooks
+    fresh = OmniSIFTSelector.from_config(q3.config)
+    with sift.compress(q3, sift.get_compressor("omnisift", retention=0.5, selector=fresh)) as session, torch.no_grad():
+        q3(**clip)
+    assert session.stats.retention == pytest.approx(0.5, abs=0.01)
