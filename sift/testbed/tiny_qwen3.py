@@ -28,12 +28,14 @@ import torch
 
 from sift.layout import grid_interleaving
 from sift.models.qwen3_omni import qwen3_audio_tokens
-from sift.testbed.tiny import SPECIAL_TOKENS, tiny_mrope_section, tiny_tokenizer, tiny_vocab_size
+from sift.testbed.tiny import SPECIAL_TOKENS, tiny_mrope_section, tiny_processor, tiny_tokenizer, tiny_vocab_size
 
 __all__ = [
     "QWEN3_POSITIONS_PER_SECOND",
     "tiny_qwen3_thinker_config",
     "tiny_qwen3_thinker",
+    "tiny_qwen3_tokenizer",
+    "tiny_qwen3_processor",
     "qwen3_av_inputs",
     "qwen3_batch",
     "decoder_inputs",
@@ -41,6 +43,49 @@ __all__ = [
 
 #: What the real Qwen3-Omni processor and checkpoint use (the config class defaults to 25).
 QWEN3_POSITIONS_PER_SECOND = 13
+#: Qwen3-Omni's vision patch (the tiny thinker's too); a 112x112 frame is resized to 128x128, 8x8 patches.
+QWEN3_PATCH_SIZE = 16
+#: The named special tokens the Qwen3-Omni processor reads off its tokenizer (``tokenizer.image_token`` ...).
+QWEN3_TOKEN_NAMES = {
+    "image_token": "<|IMAGE|>", "audio_token": "<|AUDIO|>", "video_token": "<|VIDEO|>",
+    "vision_bos_token": "<|vision_bos|>", "vision_eos_token": "<|vision_eos|>",
+    "audio_bos_token": "<|audio_bos|>", "audio_eos_token": "<|audio_eos|>",
+}
+
+
+def tiny_qwen3_tokenizer(corpus: Any = None) -> Any:
+    """:func:`sift.testbed.tiny.tiny_tokenizer` with the named special tokens the Qwen3-Omni processor reads.
+
+    Why: the real checkpoint's tokenizer config declares them (``tokenizer.audio_token`` and its id); the tiny
+    tokenizer has the same tokens, only not under those names.
+    """
+    tok = tiny_tokenizer(corpus)
+    for name, token in QWEN3_TOKEN_NAMES.items():
+        setattr(tok, name, token)
+        setattr(tok, f"{name}_id", tok.convert_tokens_to_ids(token))
+    return tok
+
+
+def tiny_qwen3_processor(tokenizer: Any = None) -> Any:
+    """The REAL ``Qwen3OmniMoeProcessor`` from offline components: Whisper 128-mel features, patch-16 video.
+
+    Its audio-in-video interleaving, its 13 positions per second and its ``video_second_per_grid`` are the real
+    processor's own; only the pixel budget is tiny: 64x64 to 128x128 pixels, so a 112x112 frame becomes 8x8
+    patches, 16 LLM tokens per temporal grid, as on tiny-omni.
+    """
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3OmniMoeProcessor
+
+    tok = tokenizer if tokenizer is not None else tiny_qwen3_tokenizer()
+    base = tiny_processor(tok)
+    size = {"shortest_edge": 64 * 64, "longest_edge": 128 * 128}
+    return Qwen3OmniMoeProcessor(
+        image_processor=Qwen2VLImageProcessor(size=dict(size), patch_size=QWEN3_PATCH_SIZE, temporal_patch_size=2, merge_size=2),
+        video_processor=Qwen2VLVideoProcessor(size=dict(size), patch_size=QWEN3_PATCH_SIZE, temporal_patch_size=2,
+                                              merge_size=2, cap_pixels_per_frame=True),
+        feature_extractor=base.feature_extractor,
+        tokenizer=tok,
+        chat_template=tok.chat_template,
+    )
 
 
 def tiny_qwen3_thinker_config(
@@ -78,7 +123,7 @@ def tiny_qwen3_thinker_config(
     audio_config = dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
                         d_model=32, n_window=50, n_window_infer=400, downsample_hidden_size=16,
                         output_dim=hidden_size)
-    vision_config = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16,
+    vision_config = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=QWEN3_PATCH_SIZE,
                          spatial_merge_size=2, temporal_patch_size=2, out_hidden_size=hidden_size,
                          num_position_embeddings=64, deepstack_visual_indexes=[0, 1])
     config = Qwen3OmniMoeThinkerConfig(

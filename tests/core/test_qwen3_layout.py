@@ -51,3 +51,29 @@ def test_audio_count_is_checked_with_qwen3s_encoder_rule(thinker):
     inputs["feature_attention_mask"] = inputs["feature_attention_mask"][:, :300]  # 3 s of mel: 39 tokens, not 52
     with pytest.raises(ValueError, match="audio #0 has 52 tokens in input_ids but its features give 39"):
         read_qwen3_layout(inputs, thinker.config)
+
+
+def test_the_real_processor_lays_out_a_batch_as_the_reader_reads_it():
+    """Inputs from the REAL Qwen3OmniMoeProcessor (offline components), two clips in a left-padded batch."""
+    from sift.testbed.media import synth_clip
+    from sift.testbed.tiny import omni_inputs
+    from sift.testbed.tiny_qwen3 import tiny_qwen3_processor, tiny_qwen3_thinker_config
+
+    processor = tiny_qwen3_processor()
+    model = tiny_qwen3_thinker(tiny_qwen3_thinker_config(processor.tokenizer))
+    inputs = omni_inputs(processor, [synth_clip(4.0, seed=1), synth_clip(6.0, seed=2)], ["What moves?", "Which colour?"])
+    assert inputs["video_second_per_grid"].tolist() == [1.0, 1.0]  # temporal patch 2 at 2 fps
+    layout = read_qwen3_layout(inputs, model.config)
+    t_rows = decoder_inputs(model, dict(inputs))["position_ids"][0]
+    cfg = model.config
+    for b, seconds in enumerate((4, 6)):
+        ids = inputs["input_ids"][b]
+        row = layout.rows[b]
+        (segment,) = row.segments
+        assert row.num_audio == int((ids == cfg.audio_token_id).sum()) == 13 * seconds
+        assert row.num_video == int((ids == cfg.video_token_id).sum()) == 16 * seconds  # one grid per second, 4x4 tokens
+        assert len(segment.windows) == seconds // 2
+        start = t_rows[b, segment.start]
+        for j, window in enumerate(segment.windows):
+            times = t_rows[b, torch.cat([window.audio, window.video])] - start
+            assert bool(((times >= 26 * j) & (times < 26 * (j + 1))).all())
