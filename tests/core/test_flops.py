@@ -95,3 +95,27 @@ def test_thinker_config_reproduces_real_parameter_counts(size):
     assert small.audio_config.output_dim == small.vision_config.out_hidden_size == dims["text"]["hidden_size"]
     with pytest.raises(ValueError):
         omni_thinker_config(size, layers=0)
+
+
+def test_qwen3_omni_30b_a3b_dims_give_the_published_size_and_the_active_parameters_formula():
+    """On the meta device: the dims give the published 30,532,122,624 text-model + lm_head parameters, and
+    active_parameters is exactly the decoder's matrix weights with only k of E experts counted."""
+    from transformers import Qwen3OmniMoeThinkerConfig
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextModel
+
+    from sift.flops import QWEN3_OMNI_30B_A3B, active_parameters
+
+    text = {k: v for k, v in QWEN3_OMNI_30B_A3B["text"].items() if k not in ("rope_theta",)}
+    config = Qwen3OmniMoeThinkerConfig(text_config=text)
+    with torch.device("meta"):
+        model = Qwen3OmniMoeThinkerTextModel._from_config(config.text_config)
+    d, vocab = text["hidden_size"], text["vocab_size"]
+    assert sum(p.numel() for p in model.parameters()) + vocab * d == QWEN3_OMNI_30B_A3B["parameters"]["llm_and_lm_head"]
+    share = text["num_experts_per_tok"] / text["num_experts"]
+    counted = 0
+    for name, p in model.layers.named_parameters():
+        if p.ndim >= 2:
+            counted += p.numel() * share if ".experts." in name else p.numel()
+    assert active_parameters(config) == counted == 2_730_491_904
+    assert text_dims(config) == (48, 2048, 8 * 768)  # FLOPs use the active FFN width
+    assert flops(config, 1000, 0) == 48 * (4 * 1000 * d * d + 2 * 1000**2 * d + 2 * 1000 * d * 6144)

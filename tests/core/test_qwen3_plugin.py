@@ -209,7 +209,9 @@ def test_a_fresh_selector_is_sized_for_qwen3_30b_a3b_and_a_qwen25_selector_is_re
 
     from sift.selector import OmniSIFTSelector
 
-    real = Qwen3OmniMoeConfig()  # the class defaults are Qwen3-Omni-30B-A3B's dims
+    from sift.flops import QWEN3_OMNI_30B_A3B
+
+    real = Qwen3OmniMoeConfig(thinker_config={"text_config": QWEN3_OMNI_30B_A3B["text"]})  # a full model's config
     selector = OmniSIFTSelector.from_config(real)
     assert selector.config.hidden_size == 2048 and selector.config.base_model == "qwen3_omni_moe_thinker"
     qwen25_3b = OmniSIFTSelector.from_config(Qwen2_5OmniThinkerConfig(text_config={"hidden_size": 2048}))
