@@ -127,6 +127,7 @@ QWEN3_OMNI_30B_A3B: dict[str, Any] = {
         head_dim=128,
         vocab_size=151936,
         rope_theta=1_000_000.0,
+        mrope_section=[24, 20, 20],  # interleaved M-RoPE (Qwen3-VL's)
         rms_norm_eps=1e-6,
         max_position_embeddings=65536,
     ),

@@ -16,7 +16,8 @@ tokens before the language model exactly as on real data. Only the values are sy
 dense kernels do not depend on them.
 
 Models: ``--model PATH`` (a real checkpoint; ``--processor`` defaults to the same path) or
-``--random-init 7b|3b|tiny``: random weights at Qwen2.5-Omni-7B's / -3B's real dims (:mod:`sift.flops`) or
+``--random-init 7b|3b|qwen3-30b-a3b|tiny``: random weights at Qwen2.5-Omni-7B's / -3B's real dims, at
+Qwen3-Omni-30B-A3B's decoder dims (48 MoE layers, 128 experts, 8 active; tiny encoders) (:mod:`sift.flops`), or
 the tiny test model. ``--encoders real`` builds the real audio (32 x 1280) and vision (32 x 1280) encoders;
 ``--encoders tiny`` keeps sift.testbed.tiny's encoders (projecting to the real hidden size: the LLM is real-sized,
 the encoders cost next to nothing and their time is NOT representative); ``auto`` = real on CUDA, tiny on
@@ -77,7 +78,7 @@ from sift.apps.runtime import (
 )
 from sift.models import adapter_for
 
-__all__ = ["run_bench", "bench_options", "synthetic_inputs", "add_arguments"]
+__all__ = ["run_bench", "bench_options", "synthetic_inputs", "qwen3_synthetic_inputs", "add_arguments"]
 
 FPS = 2.0
 TEMPORAL_PATCH = 2
@@ -161,6 +162,24 @@ def synthetic_inputs(
     )
 
 
+def qwen3_synthetic_inputs(
+    processor: Any, seconds: int, *, patches: int = 24, question: str = QUESTION, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> dict[str, Any]:
+    """Qwen3-Omni thinker inputs for ``seconds`` of 2 fps video with its audio track (13 audio tokens per second).
+
+    Laid out by Qwen3-Omni's processor rule (:func:`sift.testbed.tiny_qwen3.qwen3_av_inputs`), the question's
+    tokens after the clip; ``patches`` per frame side as in :func:`synthetic_inputs` (24: 144 tokens per grid).
+    """
+    from sift.testbed.tiny_qwen3 import qwen3_av_inputs, tiny_qwen3_thinker_config
+
+    config = tiny_qwen3_thinker_config(processor.tokenizer)
+    prompt = tuple(processor.tokenizer(question, add_special_tokens=False).input_ids)
+    inputs = qwen3_av_inputs(config, seconds=int(seconds), fps=FPS, grid_hw=(patches, patches), prompt=prompt, seed=seed)
+    for key in ("pixel_values_videos", "input_features"):
+        inputs[key] = inputs[key].to(dtype)
+    return inputs
+
+
 # ----------------------------------------------------------------------------------------------- probes
 class _Probe:
     """Forward hooks timing the encoders, the language model and each thinker call; enter it INSIDE
@@ -217,7 +236,8 @@ class _Probe:
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", help="thinker checkpoint folder (Qwen2_5OmniThinkerForConditionalGeneration / full Omni)")
-    src.add_argument("--random-init", choices=("7b", "3b", "tiny"), help="random weights at these dims (timing only)")
+    src.add_argument("--random-init", choices=("7b", "3b", "qwen3-30b-a3b", "tiny"),
+                     help="random weights at these dims (timing only): Qwen2.5-Omni-7B / -3B, Qwen3-Omni-30B-A3B's decoder")
     p.add_argument("--processor", help="processor folder (default: --model, or sift.testbed.tiny's for --random-init)")
     p.add_argument("--layers", type=int, help="7b/3b: build only K decoder layers and scale LLM times by T/K")
     p.add_argument("--encoders", choices=("auto", "real", "tiny"), default="auto",
@@ -253,7 +273,7 @@ def _build(args: Any, device: torch.device, dtype: torch.dtype) -> tuple[Any, An
     from sift.testbed.tiny import tiny_processor, tiny_thinker_config, tiny_tokenizer
 
     if args.model is None and args.random_init is None:
-        raise UsageError("give --model PATH or --random-init 7b|3b|tiny")
+        raise UsageError("give --model PATH or --random-init 7b|3b|qwen3-30b-a3b|tiny")
     if args.model is not None:
         if args.layers is not None or args.vocab_size is not None:
             raise UsageError("--layers / --vocab-size only apply to --random-init 7b|3b")
@@ -272,6 +292,8 @@ def _build(args: Any, device: torch.device, dtype: torch.dtype) -> tuple[Any, An
     processor = tiny_processor(tok)
     if args.processor not in (None, "tiny"):
         raise UsageError("--random-init uses sift.testbed.tiny's processor (its token ids); drop --processor")
+    if args.random_init == "qwen3-30b-a3b":
+        return _build_qwen3(args, device, dtype)
     if args.random_init == "tiny":
         if args.layers is not None or args.vocab_size is not None or args.encoders == "real":
             raise UsageError("--layers / --vocab-size / --encoders real apply to --random-init 7b|3b only")
@@ -294,6 +316,27 @@ def _build(args: Any, device: torch.device, dtype: torch.dtype) -> tuple[Any, An
         vocab_size=config.text_config.vocab_size,
     )
     return model, processor, full, desc
+
+
+def _build_qwen3(args: Any, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """Random weights at Qwen3-Omni-30B-A3B's decoder dims, tiny encoders (the real ones are not modelled here)."""
+    from sift.flops import QWEN3_OMNI_30B_A3B
+    from sift.testbed.random_models import qwen3_thinker_config, random_thinker
+    from sift.testbed.tiny_qwen3 import tiny_qwen3_processor, tiny_qwen3_tokenizer
+
+    if args.encoders == "real":
+        raise UsageError("--random-init qwen3-30b-a3b builds tiny encoders only (--encoders auto or tiny)")
+    tok = tiny_qwen3_tokenizer()
+    config = qwen3_thinker_config(layers=args.layers, vocab_size=args.vocab_size, tokenizer=tok, attn_implementation=args.attn)
+    model = random_thinker(config, device=device, dtype=dtype, seed=args.seed)
+    desc = dict(
+        model="random-init Qwen3-Omni-30B-A3B decoder dims",
+        layers_built=config.text_config.num_hidden_layers,
+        layers_real=QWEN3_OMNI_30B_A3B["text"]["num_hidden_layers"],
+        encoders="tiny",
+        vocab_size=config.text_config.vocab_size,
+    )
+    return model, tiny_qwen3_processor(tok), QWEN3_OMNI_30B_A3B, desc
 
 
 def _compressor(name: str, retention: float, model: Any, selector: str | None) -> Any:
@@ -456,7 +499,7 @@ def _check_options(args: argparse.Namespace) -> tuple[list[str], list[int]]:
         raise UsageError("--repeats must be >= 1 and --warmup >= 0")
     if args.patches < 2 or args.patches % 2:
         raise UsageError(f"--patches must be an even number >= 2, got {args.patches}")
-    if args.layers is not None and args.random_init in ("7b", "3b"):
+    if args.layers is not None and args.random_init in ("7b", "3b", "qwen3-30b-a3b"):
         from sift.flops import SIZES
 
         top = SIZES[args.random_init]["text"]["num_hidden_layers"]
@@ -476,9 +519,10 @@ def _bench_inputs(args, processor, seconds: int, device: torch.device, dtype: to
     def on_device(inputs: dict[str, Any]) -> dict[str, Any]:
         return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
 
-    inputs = on_device(synthetic_inputs(processor, seconds, patches=args.patches, seed=args.seed, dtype=dtype))
+    make = qwen3_synthetic_inputs if args.random_init == "qwen3-30b-a3b" else synthetic_inputs
+    inputs = on_device(make(processor, seconds, patches=args.patches, seed=args.seed, dtype=dtype))
     if args.warmup and args.warmup_seconds and args.warmup_seconds != seconds:
-        warm = synthetic_inputs(processor, args.warmup_seconds, patches=args.patches, seed=args.seed, dtype=dtype)
+        warm = make(processor, args.warmup_seconds, patches=args.patches, seed=args.seed, dtype=dtype)
         return inputs, on_device(warm)
     return inputs, inputs
 
@@ -559,6 +603,12 @@ def _ms(x: float) -> str:
     return f"{x * 1e3:.1f}" if x == x else "n/a"
 
 
+def _per_window(info: dict[str, Any]) -> str:
+    """'288 video + 50 audio tokens per 2 s window' of one input's counts."""
+    per = 2 / info["seconds"]
+    return f"{info['video_tokens'] * per:g} video + {info['audio_tokens'] * per:g} audio tokens per 2 s window"
+
+
 def markdown(result: dict[str, Any]) -> str:
     desc, info = result["model"], result["machine"]
     scaled = result["layer_scale"] != 1.0
@@ -571,8 +621,9 @@ def markdown(result: dict[str, Any]) -> str:
         + (f"; vocabulary {desc['vocab_size']}" if desc.get("vocab_size") else "")
         + f". LLM dims for FLOPs: {result['llm_dims']['layers']} layers, hidden {result['llm_dims']['hidden']}, "
         f"FFN {result['llm_dims']['ffn']}.",
-        "Inputs: synthetic S s of 2 fps video + audio at the papers' rates (288 video + 50 audio tokens per 2 s "
-        "window, real processor interleaving; random pixels and mel features through the real encoders).",
+        "Inputs: synthetic S s of 2 fps video + audio at the model's rates ("
+        + _per_window(result["inputs"][0])
+        + ", the processor's interleaving; random pixels and mel features through the encoders).",
         f"Median of {result['settings']['repeats']} interleaved runs after {result['settings']['warmup']} warm-up "
         f"round(s)" + (f" (on a {result['settings']['warmup_seconds']} s input)" if result["settings"].get("warmup_seconds") else "")
         + f"; {result['settings']['new_tokens']} greedy tokens per run.",

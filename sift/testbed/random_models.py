@@ -15,7 +15,7 @@ import torch
 from sift.flops import SIZES
 from sift.testbed.tiny import tiny_thinker_config
 
-__all__ = ["omni_thinker_config", "random_thinker"]
+__all__ = ["omni_thinker_config", "qwen3_thinker_config", "random_thinker"]
 
 
 def omni_thinker_config(
@@ -71,6 +71,29 @@ def omni_thinker_config(
     return config
 
 
+def qwen3_thinker_config(
+    *, layers: int | None = None, vocab_size: int | None = None, tokenizer: Any = None, attn_implementation: str = "sdpa"
+) -> Any:
+    """A ``Qwen3OmniMoeThinkerConfig`` whose decoder has Qwen3-Omni-30B-A3B's dims, with tiny encoders.
+
+    Why tiny encoders: what sift changes is after them (selection, the decoder on fewer tokens); the real
+    encoders' dims are not recorded here. ``layers`` and ``vocab_size`` as in :func:`omni_thinker_config`.
+    """
+    from sift.flops import QWEN3_OMNI_30B_A3B
+    from sift.testbed.tiny_qwen3 import tiny_qwen3_thinker_config
+
+    t = dict(QWEN3_OMNI_30B_A3B["text"])
+    n_layers = t["num_hidden_layers"] if layers is None else int(layers)
+    if not 1 <= n_layers <= t["num_hidden_layers"]:
+        raise ValueError(f"layers must be in 1..{t['num_hidden_layers']} for qwen3-30b-a3b, got {layers}")
+    theta, section = t.pop("rope_theta"), t.pop("mrope_section")
+    t.update(num_hidden_layers=n_layers, vocab_size=t["vocab_size"] if vocab_size is None else int(vocab_size))
+    config = tiny_qwen3_thinker_config(tokenizer, hidden_size=t.pop("hidden_size"), num_layers=t.pop("num_hidden_layers"),
+                                       num_experts=t.pop("num_experts"), attn_implementation=attn_implementation, **t)
+    config.text_config.rope_parameters.update(rope_theta=theta, mrope_section=list(section))
+    return config
+
+
 def random_thinker(
     config: Any,
     *,
@@ -78,19 +101,20 @@ def random_thinker(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
 ) -> Any:
-    """A random-weight ``Qwen2_5OmniThinkerForConditionalGeneration`` built directly on ``device`` in ``dtype``.
+    """A random-weight thinker of ``config``'s family (Qwen2.5-Omni or Qwen3-Omni) built on ``device`` in ``dtype``.
 
     Weights are transformers' own initialisation under ``seed`` (timing does not depend on their values);
     building on the target device in the target dtype avoids a full-size float32 copy on the host.
     """
-    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration, Qwen3OmniMoeThinkerConfig, Qwen3OmniMoeThinkerForConditionalGeneration
 
+    cls = Qwen3OmniMoeThinkerForConditionalGeneration if isinstance(config, Qwen3OmniMoeThinkerConfig) else Qwen2_5OmniThinkerForConditionalGeneration
     previous = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
         torch.set_default_dtype(dtype)
         try:
-            model = Qwen2_5OmniThinkerForConditionalGeneration(config)
+            model = cls(config)
         finally:
             torch.set_default_dtype(previous)
     model = model.to(device=device, dtype=dtype).eval()

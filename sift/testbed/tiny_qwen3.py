@@ -95,8 +95,13 @@ def tiny_qwen3_thinker_config(
     num_layers: int = 2,
     num_experts: int = 4,
     attn_implementation: str = "eager",
+    **text_overrides: Any,
 ) -> Any:
-    """A tiny ``Qwen3OmniMoeThinkerConfig`` from the real config classes, token ids from ``tokenizer``."""
+    """A tiny ``Qwen3OmniMoeThinkerConfig`` from the real config classes, token ids from ``tokenizer``.
+
+    ``text_overrides`` replace text-model fields (the real dims of :data:`sift.flops.QWEN3_OMNI_30B_A3B`, for
+    random-weight benchmarks); the encoders stay tiny and project to ``hidden_size``.
+    """
     from transformers import Qwen3OmniMoeThinkerConfig
 
     tok = tokenizer if tokenizer is not None else tiny_tokenizer()
@@ -120,6 +125,9 @@ def tiny_qwen3_thinker_config(
         eos_token_id=ids["<|im_end|>"],
         bos_token_id=ids["<|im_start|>"],
     )
+    text_config.update(text_overrides)
+    if "head_dim" in text_overrides:
+        text_config["rope_parameters"]["mrope_section"] = tiny_mrope_section(text_config["head_dim"])
     audio_config = dict(num_mel_bins=128, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=64,
                         d_model=32, n_window=50, n_window_infer=400, downsample_hidden_size=16,
                         output_dim=hidden_size)

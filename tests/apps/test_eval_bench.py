@@ -164,6 +164,19 @@ def test_bench_function(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_bench_at_qwen3_omni_30b_a3b_dims(tmp_path):
+    """One 30B-A3B decoder layer (128 experts, 8 active), scaled to 48; inputs at Qwen3-Omni's 13 audio tokens/s."""
+    result = run_bench(random_init="qwen3-30b-a3b", layers=1, vocab_size=1024, seconds=[2], methods=["omnizip", "omnisift"],
+                       retentions=[0.25], patches=4, repeats=1, warmup=0, new_tokens=2, out=str(tmp_path), quiet=True)
+    assert result["llm_dims"] == dict(layers=48, hidden=2048, ffn=8 * 768) and result["layer_scale"] == 48
+    (inp,) = result["inputs"]
+    assert inp["audio_tokens"] == 26 and inp["video_tokens"] == 2 * 4  # 2 s: 2 grids of 2x2 tokens
+    for row in result["rows"]:
+        assert row["media_kept"] == (34 if row["method"] == "full" else keep_count(34, 0.25))
+    assert "Qwen3-Omni-30B-A3B" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.slow
 def test_bench_cli(tmp_path):
     proc = _run_cli("bench", "--random-init", "tiny", "--seconds", "2", "--methods", "stvp", "--retentions", "0.25",
                     "--repeats", "1", "--warmup", "0", "--new-tokens", "2", "--out", str(tmp_path), "--prefix", "bench_",

@@ -105,7 +105,7 @@ def test_qwen3_omni_30b_a3b_dims_give_the_published_size_and_the_active_paramete
 
     from sift.flops import QWEN3_OMNI_30B_A3B, active_parameters
 
-    text = {k: v for k, v in QWEN3_OMNI_30B_A3B["text"].items() if k not in ("rope_theta",)}
+    text = {k: v for k, v in QWEN3_OMNI_30B_A3B["text"].items() if k not in ("rope_theta", "mrope_section")}
     config = Qwen3OmniMoeThinkerConfig(text_config=text)
     with torch.device("meta"):
         model = Qwen3OmniMoeThinkerTextModel._from_config(config.text_config)
