@@ -26,8 +26,15 @@ What is measured (a benchmark, not a test; nothing here asserts):
   extrapolated with the layer's FLOPs model t(n) = a * F_linear(n) + b * F_attention(n), a and b fitted on
   the two sizes; the output says so.
 
-Run:  .venv/bin/python benchmarks/selection_speed.py [--seconds 60] [--device cpu|cuda] [--repeats 3]
-Writes `<out>/selection_speed_<device>.md` and `.json` (default out: benchmarks/results).
+`--model qwen3-30b-a3b`: the same on a Qwen3-Omni-30B-A3B input instead: hidden 2048, 13 audio tokens per
+second interleaved per temporal grid by Qwen3-Omni's processor rule (`sift.testbed.tiny_qwen3.qwen3_av_inputs`),
+positions from a tiny Qwen3-Omni thinker's `get_rope_index`, the layout from `read_qwen3_layout`. The prefill
+estimate times a Qwen2.5 decoder layer, so it is skipped there (`sift bench --random-init qwen3-30b-a3b` times
+the MoE decoder).
+
+Run:  .venv/bin/python benchmarks/selection_speed.py [--seconds 60] [--device cpu|cuda] [--repeats 3] [--model ...]
+Writes `<out>/selection_speed_<device>.md` and `.json` (default out: benchmarks/results; `--model qwen3-30b-a3b`:
+`selection_speed_qwen3_<device>.*`).
 """
 
 from __future__ import annotations
@@ -165,6 +172,35 @@ def build_input(seconds: int) -> dict[str, Any]:
     )
 
 
+def build_qwen3_input(seconds: int) -> dict[str, Any]:
+    """The Qwen3-Omni-30B-A3B input of `seconds`, its (3, 1, L) float positions and layout reader."""
+    from sift.apps.bench import qwen3_synthetic_inputs
+    from sift.models.qwen3_omni import read_qwen3_layout
+    from sift.testbed.tiny_qwen3 import tiny_qwen3_processor, tiny_qwen3_thinker, tiny_qwen3_thinker_config
+
+    if seconds < 2 or seconds % 2:
+        raise SystemExit("--seconds must be an even number >= 2")
+    processor = tiny_qwen3_processor()
+    config = tiny_qwen3_thinker_config(processor.tokenizer)
+    inputs = qwen3_synthetic_inputs(processor, seconds, patches=PATCHES, question=QUESTION)
+    lengths = inputs["feature_attention_mask"].sum(-1)
+    with torch.no_grad():
+        positions, _ = tiny_qwen3_thinker(config).model.get_rope_index(
+            inputs["input_ids"], None, inputs["video_grid_thw"], inputs["attention_mask"], True, lengths,
+            inputs["video_second_per_grid"],
+        )
+    ids = inputs["input_ids"]
+    return dict(
+        config=config, input_ids=ids, attention_mask=inputs["attention_mask"], video_grid_thw=inputs["video_grid_thw"],
+        video_second_per_grid=inputs["video_second_per_grid"], audio_feature_lengths=lengths,
+        n_audio=int((ids == config.audio_token_id).sum()), positions=positions, positions_source="get_rope_index (qwen3)",
+        read_layout=lambda: read_qwen3_layout(
+            dict(input_ids=ids, attention_mask=inputs["attention_mask"], video_grid_thw=inputs["video_grid_thw"],
+                 video_second_per_grid=inputs["video_second_per_grid"], feature_attention_mask=inputs["feature_attention_mask"],
+                 use_audio_in_video=True), config),
+    )
+
+
 def rope_positions(inp: dict[str, Any]) -> tuple[torch.Tensor, str]:
     """The model's (3, 1, L) positions from `get_rope_index` of a tiny thinker with the same token ids."""
     try:
@@ -205,7 +241,8 @@ def discover_methods(requested: list[str] | None) -> list[str]:
 def make_compressor(name: str, retention: float, config: Any, hidden: int, device: torch.device) -> Any:
     extra: dict[str, Any] = {}
     if name == "omnisift":  # the learned selector at its untrained init (same cost as a trained one)
-        extra["selector"] = sift.OmniSIFTSelector(sift.OmniSIFTConfig(hidden_size=hidden)).eval().to(device)
+        selector_config = sift.OmniSIFTConfig(hidden_size=hidden, base_model=config.model_type)
+        extra["selector"] = sift.OmniSIFTSelector(selector_config).eval().to(device)
     comp = sift.get_compressor(name, retention=retention, **extra)
     configure = getattr(comp, "configure", None)
     if callable(configure):  # e.g. OmniSelect reads the special-token ids from the config
@@ -373,17 +410,18 @@ def prefill_at(est: dict[str, Any], n: int) -> float:
 def markdown(result: dict[str, Any]) -> str:
     info, inp, est = result["machine"], result["input"], result["prefill_estimate"]
     lines = [
-        f"# sift selection speed ({result['device']})",
+        f"# sift selection speed ({result['device']}, {result.get('model', 'qwen2.5-omni-7b')} input)",
         "",
         f"Input: {inp['seconds']} s of video with audio at 2 fps, grid_thw {inp['video_grid_thw']}, "
         f"{inp['video_tokens']} video + {inp['audio_tokens']} audio tokens, sequence length {inp['seq_len']}, "
         f"embeddings (1, {inp['seq_len']}, {inp['hidden']}) {inp['dtype']}, random; audio saliency random positive.",
         f"Layout parse (`sift.build_layout`): {result['layout_ms']:.1f} ms (median of {result['repeats']}).",
         "",
-        f"Estimated Qwen2.5-Omni-7B LLM prefill on all {inp['seq_len']} tokens: **{est['prefill_s']:.2f} s** "
-        f"= {est['layers']} x {est['layer_s']:.3f} s per decoder layer ({est['method']}; "
-        f"{est['dtype']}, sdpa, {est['layer_tflops']:.2f} TFLOP per layer, ~{est['achieved_gflops']:.0f} GFLOP/s). "
-        "Embedding, final norm, lm_head and the audio/vision encoders are not included.",
+        (f"Estimated Qwen2.5-Omni-7B LLM prefill on all {inp['seq_len']} tokens: **{est['prefill_s']:.2f} s** "
+         f"= {est['layers']} x {est['layer_s']:.3f} s per decoder layer ({est['method']}; "
+         f"{est['dtype']}, sdpa, {est['layer_tflops']:.2f} TFLOP per layer, ~{est['achieved_gflops']:.0f} GFLOP/s). "
+         "Embedding, final norm, lm_head and the audio/vision encoders are not included."
+         if est["prefill_s"] == est["prefill_s"] else f"No prefill estimate ({est['method']})."),
         "",
     ]
     one = any("median_1thread_ms" in r for r in result["rows"])
@@ -443,6 +481,8 @@ def load_note(start: list[float] | None, usable: int) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=int, default=60, help="video length in seconds (even), default 60")
+    ap.add_argument("--model", default="qwen2.5-omni-7b", choices=["qwen2.5-omni-7b", "qwen3-30b-a3b"],
+                    help="whose input and hidden size (qwen3-30b-a3b: 2048, 13 audio tokens/s; no prefill estimate)")
     ap.add_argument("--hidden", type=int, default=QWEN_7B["hidden_size"], help="embedding width for selection (3584 = 7B)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto: bf16 on cuda, fp32 on cpu")
@@ -555,18 +595,22 @@ def prefill_estimate(bench: Bench, L: int) -> dict[str, Any]:
 
 def build_bench(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> tuple[Bench, list[float]]:
     """The input of --seconds, its layout (timed) and the selection inputs."""
-    inp = build_input(args.seconds)
-    ids = inp["input_ids"]
-    positions, pos_source = rope_positions(inp)
-    inp["positions_source"] = pos_source
-    layout_kwargs = dict(
-        attention_mask=inp["attention_mask"],
-        video_grid_thw=inp["video_grid_thw"],
-        video_second_per_grid=inp["video_second_per_grid"],
-        audio_feature_lengths=inp["audio_feature_lengths"],
-        use_audio_in_video=True,
-    )
-    layout_times, layout = time_call(lambda: sift.build_layout(ids, inp["config"], **layout_kwargs), torch.device("cpu"), args.repeats)
+    if args.model == "qwen3-30b-a3b":
+        inp = build_qwen3_input(args.seconds)
+        ids, positions, read = inp["input_ids"], inp["positions"], inp["read_layout"]
+    else:
+        inp = build_input(args.seconds)
+        ids = inp["input_ids"]
+        positions, inp["positions_source"] = rope_positions(inp)
+        layout_kwargs = dict(
+            attention_mask=inp["attention_mask"],
+            video_grid_thw=inp["video_grid_thw"],
+            video_second_per_grid=inp["video_second_per_grid"],
+            audio_feature_lengths=inp["audio_feature_lengths"],
+            use_audio_in_video=True,
+        )
+        read = lambda: sift.build_layout(ids, inp["config"], **layout_kwargs)  # noqa: E731
+    layout_times, layout = time_call(read, torch.device("cpu"), args.repeats)
     g = torch.Generator(device="cpu").manual_seed(0)
     embeds = torch.randn(1, ids.shape[1], args.hidden, generator=g).to(device=device, dtype=dtype)
     saliency = [(torch.rand(inp["n_audio"], generator=g) + 1e-3).to(device)]
@@ -575,6 +619,8 @@ def build_bench(args: argparse.Namespace, device: torch.device, dtype: torch.dty
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.model == "qwen3-30b-a3b":
+        args.hidden, args.no_prefill = 2048, True
     t_start = time.perf_counter()
     device = resolve_device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -605,6 +651,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     inp = bench.inp
     result = dict(
         device=device.type,
+        model=args.model,
         command=" ".join(["python benchmarks/selection_speed.py", *(sys.argv[1:] if argv is None else argv)]),
         machine=info,
         repeats=args.repeats,
@@ -639,13 +686,14 @@ def write_results(result: dict[str, Any], profiles: dict[str, str], out: Path, d
     print()
     print(md)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"selection_speed_{device.type}.md").write_text(md)
-    (out / f"selection_speed_{device.type}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
+    tag = "qwen3_" if result.get("model") == "qwen3-30b-a3b" else ""
+    (out / f"selection_speed_{tag}{device.type}.md").write_text(md)
+    (out / f"selection_speed_{tag}{device.type}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
     if profiles:
         prof_text = "\n".join(f"===== {m} =====\n{p}" for m, p in profiles.items())
-        (out / f"selection_profile_{device.type}.txt").write_text(prof_text)
+        (out / f"selection_profile_{tag}{device.type}.txt").write_text(prof_text)
         print(prof_text)
-    print(f"wrote {out / f'selection_speed_{device.type}.md'} and .json")
+    print(f"wrote {out / f'selection_speed_{tag}{device.type}.md'} and .json")
 
 
 if __name__ == "__main__":
