@@ -25,3 +25,10 @@ $PY -m sift bench --random-init tiny --seconds 30 60 --retentions 0.25 0.35 --re
 
 $PY -m sift bench --random-init 7b --layers 1 --vocab-size 4096 --seconds 30 --retentions 0.25 0.35 \
     --repeats 3 --warmup 1 --warmup-seconds 4 --new-tokens 8 --out benchmarks/results --prefix bench_cpu_7b_layers1_
+
+# 3. Qwen3-Omni-30B-A3B's decoder dims (48 MoE layers, 128 experts, 8 active), ONE layer built (LLM prefill
+#    scaled x48), tiny encoders, 60 s input at Qwen3-Omni's rates (144 video tokens per 1 s grid, 13 audio
+#    tokens per second), every method at 25%: the full-token prefill the selection times of
+#    results/selection_speed_qwen3_cpu.md compare against. Median of 3 rounds (a few minutes).
+$PY -m sift bench --random-init qwen3-30b-a3b --layers 1 --vocab-size 4096 --seconds 60 --retentions 0.25 \
+    --repeats 3 --warmup 1 --warmup-seconds 4 --new-tokens 2 --out benchmarks/results --prefix bench_cpu_qwen3_30b_a3b_layers1_

@@ -421,13 +421,15 @@ def markdown(result: dict[str, Any]) -> str:
          f"= {est['layers']} x {est['layer_s']:.3f} s per decoder layer ({est['method']}; "
          f"{est['dtype']}, sdpa, {est['layer_tflops']:.2f} TFLOP per layer, ~{est['achieved_gflops']:.0f} GFLOP/s). "
          "Embedding, final norm, lm_head and the audio/vision encoders are not included."
-         if est["prefill_s"] == est["prefill_s"] else f"No prefill estimate ({est['method']})."),
+         if est["prefill_s"] == est["prefill_s"] else f"No prefill estimate here ({est['method']}); "
+         "`sift bench --random-init qwen3-30b-a3b` times the decoder (benchmarks/bench_cpu.sh)."),
         "",
     ]
     one = any("median_1thread_ms" in r for r in result["rows"])
+    estimated = est["prefill_s"] == est["prefill_s"]  # not NaN
     head = ["method", "retention", "tokens kept / total", "selection ms (median)", "min ms"]
     head += ["ms on 1 thread (median)"] if one else []
-    head += ["% of est. 7B prefill", "est. prefill after (s)"]
+    head += ["% of est. 7B prefill", "est. prefill after (s)"] if estimated else []
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in result["rows"]:
         if r.get("skipped"):
@@ -435,7 +437,7 @@ def markdown(result: dict[str, Any]) -> str:
         else:
             cells = [r["method"], f"{r['retention']:.2f}", f"{r['kept']} / {r['total']}", f"{r['median_ms']:.1f}", f"{r['min_ms']:.1f}"]
             cells += [f"{r['median_1thread_ms']:.1f}" if "median_1thread_ms" in r else ""] if one else []
-            cells += [f"{r['pct_of_prefill']:.3g}%", f"{r['prefill_after_s']:.2f}"]
+            cells += [f"{r['pct_of_prefill']:.3g}%", f"{r['prefill_after_s']:.2f}"] if estimated else []
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -449,8 +451,8 @@ def markdown(result: dict[str, Any]) -> str:
             if one
             else ""
         )
-        + "% of est. 7B prefill: selection ms (median) / the estimate above. est. prefill after: the same 7B "
-        "estimate on the kept sequence (kept media + text); selection time is not included in it.",
+        + ("% of est. 7B prefill: selection ms (median) / the estimate above. est. prefill after: the same 7B "
+           "estimate on the kept sequence (kept media + text); selection time is not included in it." if estimated else ""),
         "",
         f"Machine: {info['cpu_model']}, {info['cpus_usable']} usable CPUs, torch {info['torch_version']} "
         f"({info['torch_threads']} threads), transformers {info['transformers_version']}"

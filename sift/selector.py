@@ -27,6 +27,8 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
+from sift.models import thinker_config_of
+
 __all__ = ["OmniSIFTConfig", "OmniSIFTSelector", "VGAS", "LearnableSTVP", "PUBLISHED_PREFIX"]
 
 #: Where the published OmniSIFT-7B checkpoint keeps the selector's weights.
@@ -38,11 +40,6 @@ _HUB_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?/[A-Za-z0-9](?:[\w.-]*[
 
 #: The thinker config ``model_type`` of Qwen2.5-Omni: what every selector before `OmniSIFTConfig.base_model` read.
 QWEN25_THINKER = "qwen2_5_omni_thinker"
-
-
-def thinker_config_of(config: Any) -> Any:
-    """The thinker config of a full omni config (``.thinker_config``), or the thinker config itself."""
-    return getattr(config, "thinker_config", config)
 
 
 class OmniSIFTConfig(PretrainedConfig):

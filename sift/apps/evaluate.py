@@ -57,6 +57,7 @@ from sift.apps.runtime import (
     resolve_dtype,
     torch_threads,
 )
+from sift.testbed.catalog import TINY_MODELS
 
 __all__ = ["run_eval", "eval_options", "add_arguments", "accuracy", "UsageError", "EvalError", "AnswerLog", "run_settings"]
 
@@ -78,8 +79,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true",
                    help="refuse the manifest at its first bad record (default: skip bad records and list them, "
                    "with their line, under skipped_records)")
-    p.add_argument("--model", default="tiny", help="'tiny' (sift.testbed.tiny, random weights) or a thinker checkpoint folder")
-    p.add_argument("--processor", help="'tiny' or a processor folder (default: 'tiny' for the tiny model, else --model)")
+    p.add_argument("--model", default="tiny", help="'tiny' / 'tiny-qwen3' (random weights, offline) or a checkpoint "
+                   "folder or Hub id of Qwen2.5-Omni or Qwen3-Omni (full model or thinker)")
+    p.add_argument("--processor", help="a processor folder or Hub id (default: --model's; a tiny model brings its own)")
     p.add_argument("--methods", nargs="+",
                    help="compressors; 'none' is the full-token baseline (default: every registered method, "
                    "omnisift only with --selector)")
@@ -150,22 +152,24 @@ def accuracy(predicted: Sequence[str | None], answers: Sequence[str]) -> float:
 
 # ------------------------------------------------------------------------------------------------ model
 def load_model(model: str, processor: str | None, device: torch.device, dtype: torch.dtype, attn: str, seed: int = 0) -> tuple[Any, Any]:
-    """(thinker, processor) for ``"tiny"`` (sift.testbed.tiny, random weights) or checkpoint folders."""
-    from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
+    """(thinker, processor) for a tiny model name (``tiny``, ``tiny-qwen3``: random weights, offline) or a checkpoint.
 
-    from sift.testbed.tiny import tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer
+    A checkpoint (a folder or a Hub id) of any supported family: ``Qwen/Qwen2.5-Omni-7B``,
+    ``Qwen/Qwen3-Omni-30B-A3B-Instruct``; its config.json says which thinker class (`sift.models.load_thinker`).
+    """
+    from transformers import AutoProcessor
 
-    proc_name = processor if processor is not None else ("tiny" if model == "tiny" else model)
-    if proc_name == "tiny":
-        proc = tiny_processor(tiny_tokenizer())
+    from sift.models import load_thinker
+    from sift.testbed.catalog import TINY_MODELS, tiny_model_named, tiny_processor_named
+
+    proc_name = processor if processor is not None else model
+    proc = tiny_processor_named(proc_name) if proc_name in TINY_MODELS else AutoProcessor.from_pretrained(proc_name)
+    if model in TINY_MODELS:
+        if proc_name != model:
+            raise UsageError(f"--model {model} needs its own tiny processor (its token ids); drop --processor")
+        thinker = tiny_model_named(model, proc, seed=seed, attn=attn, dtype=dtype)
     else:
-        proc = Qwen2_5OmniProcessor.from_pretrained(proc_name)
-    if model == "tiny":
-        if proc_name != "tiny":
-            raise UsageError("--model tiny needs the tiny processor (its token ids); drop --processor")
-        thinker = tiny_thinker(tiny_thinker_config(proc.tokenizer), seed=seed, attn_implementation=attn, dtype=dtype)
-    else:
-        thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(model, dtype=dtype, attn_implementation=attn)
+        thinker = load_thinker(model, dtype=dtype, attn_implementation=attn)
     thinker = thinker.to(device).eval()
     tok = proc.tokenizer
     gen = thinker.generation_config
@@ -311,14 +315,14 @@ def _check_same_run(path: Path, old: dict[str, Any], new: dict[str, Any]) -> Non
 
 def _resolved(value: Any) -> Any:
     """An existing path as an absolute one (the same run from another folder), anything else as given."""
-    if value is None or value == "tiny" or not Path(str(value)).exists():
+    if value is None or value in TINY_MODELS or not Path(str(value)).exists():
         return value
     return str(Path(str(value)).resolve())
 
 
 def run_settings(args: argparse.Namespace, methods: Sequence[str], dtype: torch.dtype) -> dict[str, Any]:
     """Everything that changes the answers: what ``--resume`` requires to be the same."""
-    processor = args.processor or ("tiny" if args.model == "tiny" else args.model)
+    processor = args.processor or args.model
     return dict(
         manifest=_resolved(args.manifest), schema=args.schema, video_root=_resolved(args.video_root),
         model=_resolved(args.model), processor=_resolved(processor), selector=_resolved(args.selector),
@@ -410,7 +414,7 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     log = AnswerLog.open(out / f"{prefix}{ANSWERS_FILE}", run_settings(args, methods, dtype), args.resume, args.overwrite)
     try:
         model, processor = load_model(args.model, args.processor, device, dtype, args.attn, args.seed)
-        compressors = _compressors(args, configs)
+        compressors = _compressors(args, configs, model.config)
         skipped = _answer_all(args, samples, configs, model, processor, compressors, log, device)
     finally:
         log.close()
@@ -426,12 +430,16 @@ def _run_eval(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def _compressors(args: argparse.Namespace, configs: Sequence[tuple[str, float]]) -> dict[tuple[str, float], Any]:
+def _compressors(args: argparse.Namespace, configs: Sequence[tuple[str, float]], model_config: Any) -> dict[tuple[str, float], Any]:
     import sift
 
     selector = None
     if any(name == "omnisift" for name, _ in configs):
         selector = sift.OmniSIFTSelector.from_pretrained(args.selector).eval()
+        try:  # a selector for another model fails every sample: say so once, before any
+            selector.check_model(model_config)
+        except ValueError as e:
+            raise UsageError(f"--selector {args.selector}: {e}") from None
     compressors: dict[tuple[str, float], Any] = {}
     for name, r in configs:
         extra: dict[str, Any] = {}
@@ -592,7 +600,7 @@ def _result(args: argparse.Namespace, methods: list[str], configs: Sequence[tupl
         manifest=str(args.manifest),
         schema=args.schema,
         model=args.model,
-        processor=args.processor or ("tiny" if args.model == "tiny" else args.model),
+        processor=args.processor or args.model,
         selector=args.selector,
         settings=dict(
             methods=methods, retentions=[float(r) for r in args.retentions], fps=args.fps, frame_size=args.frame_size,

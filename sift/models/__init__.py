@@ -5,8 +5,26 @@ adapter of the model they were given (`adapter_for`). Supporting a new family (Q
 `OmniAdapter` and its layout reader, registered here, and nothing else.
 """
 
-from sift.models.base import OmniAdapter, adapter_for, register_adapter, registered_adapters
+from sift.models.base import (
+    OmniAdapter,
+    adapter_for,
+    adapter_for_config,
+    load_thinker,
+    register_adapter,
+    registered_adapters,
+    thinker_config_of,
+)
 from sift.models.qwen2_5_omni import Qwen25OmniAdapter
 from sift.models.qwen3_omni import Qwen3OmniAdapter
 
-__all__ = ["OmniAdapter", "adapter_for", "register_adapter", "registered_adapters", "Qwen25OmniAdapter", "Qwen3OmniAdapter"]
+__all__ = [
+    "OmniAdapter",
+    "adapter_for",
+    "adapter_for_config",
+    "load_thinker",
+    "register_adapter",
+    "registered_adapters",
+    "thinker_config_of",
+    "Qwen25OmniAdapter",
+    "Qwen3OmniAdapter",
+]

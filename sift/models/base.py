@@ -16,7 +16,15 @@ from torch import nn
 
 from sift.layout import TokenLayout
 
-__all__ = ["OmniAdapter", "adapter_for", "register_adapter", "registered_adapters"]
+__all__ = [
+    "OmniAdapter",
+    "adapter_for",
+    "adapter_for_config",
+    "load_thinker",
+    "register_adapter",
+    "registered_adapters",
+    "thinker_config_of",
+]
 
 _ADAPTERS: list[type[OmniAdapter]] = []
 
@@ -39,6 +47,12 @@ class OmniAdapter:
     @classmethod
     def handles(cls, model: nn.Module) -> bool:
         return isinstance(model, cls.thinker_classes + cls.wrapper_classes)
+
+    @classmethod
+    def handles_config(cls, config: Any) -> bool:
+        """Whether a (full or thinker) config's ``model_type`` is one of this family's."""
+        types = {c.config_class.model_type for c in cls.thinker_classes + cls.wrapper_classes}
+        return getattr(config, "model_type", None) in types
 
     def thinker(self, model: nn.Module) -> nn.Module:
         """The module `sift.compress` hooks: the model itself, or the thinker a full model holds."""
@@ -129,6 +143,33 @@ def register_adapter(cls: type[OmniAdapter]) -> type[OmniAdapter]:
 
 def registered_adapters() -> list[type[OmniAdapter]]:
     return list(_ADAPTERS)
+
+
+def thinker_config_of(config: Any) -> Any:
+    """The thinker config of a full omni config (``.thinker_config``), or the thinker config itself."""
+    return getattr(config, "thinker_config", config)
+
+
+def adapter_for_config(config: Any) -> OmniAdapter:
+    """The adapter of the family a (full or thinker) config belongs to; ValueError naming what is supported."""
+    for cls in _ADAPTERS:
+        if cls.handles_config(config):
+            return cls()
+    names = ", ".join(sorted({c.config_class.model_type for cls in _ADAPTERS for c in cls.thinker_classes + cls.wrapper_classes}))
+    raise ValueError(f"sift supports model types {names}; got {getattr(config, 'model_type', type(config).__name__)!r}")
+
+
+def load_thinker(name_or_path: str, **kwargs: Any) -> nn.Module:
+    """The thinker of a checkpoint of any supported family (a full omni checkpoint or a thinker-only one).
+
+    Why: ``Qwen/Qwen2.5-Omni-7B`` and ``Qwen/Qwen3-Omni-30B-A3B-Instruct`` need different thinker classes; the
+    checkpoint's config.json says which (``AutoConfig``), so the apps take any supported model id. ``kwargs`` go
+    to ``from_pretrained`` (``dtype``, ``attn_implementation``, ``device_map`` ...).
+    """
+    from transformers import AutoConfig
+
+    adapter = adapter_for_config(AutoConfig.from_pretrained(name_or_path))
+    return adapter.thinker_classes[0].from_pretrained(name_or_path, **kwargs)
 
 
 def adapter_for(model: nn.Module) -> OmniAdapter:

@@ -96,6 +96,26 @@ def test_eval_cli(manifest, tmp_path):
     assert "wrote" in proc.stdout
 
 
+def test_eval_on_qwen3_omni(manifest, tmp_path):
+    """sift eval on the tiny real Qwen3-Omni thinker and the real Qwen3OmniMoeProcessor: every method, exact budgets;
+    a fresh Qwen3 selector runs, a Qwen2.5 one is refused naming the two families."""
+    from sift.testbed.tiny import tiny_thinker_config
+    from sift.testbed.tiny_qwen3 import tiny_qwen3_thinker_config
+
+    methods = ["none", "random", "stvp", "omnizip", "dycoke", "omniselect", "omnisift"]
+    selector = tmp_path / "selector"
+    sift.OmniSIFTSelector.from_config(tiny_qwen3_thinker_config()).save_pretrained(selector)
+    out = tmp_path / "eval"
+    run_eval(manifest=manifest, model="tiny-qwen3", methods=methods, retentions=[0.5, 0.25], selector=str(selector),
+             out=str(out), max_new_tokens=2, threads=1, quiet=True)
+    _check_eval_outputs(out, methods, [0.5, 0.25])
+    wrong = tmp_path / "qwen25-selector"
+    sift.OmniSIFTSelector.from_config(tiny_thinker_config()).save_pretrained(wrong)
+    with pytest.raises(UsageError, match="trained on qwen2_5_omni_thinker embeddings, but the model is qwen3_omni_moe_thinker"):
+        run_eval(manifest=manifest, model="tiny-qwen3", methods=["omnisift"], retentions=[0.5], selector=str(wrong),
+                 out=str(tmp_path / "w"), max_new_tokens=2, threads=1, quiet=True)
+
+
 def test_eval_omnisift_needs_a_selector(manifest, tmp_path, capsys):
     with pytest.raises(UsageError, match="--selector"):
         run_eval(manifest=manifest, methods=["none", "omnisift"], out=str(tmp_path), quiet=True)

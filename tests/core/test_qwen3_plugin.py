@@ -227,3 +227,28 @@ def test_a_fresh_selector_is_sized_for_qwen3_30b_a3b_and_a_qwen25_selector_is_re
     with sift.compress(q3, sift.get_compressor("omnisift", retention=0.5, selector=fresh)) as session, torch.no_grad():
         q3(**clip)
     assert session.stats.retention == pytest.approx(0.5, abs=0.01)
+
+
+def test_a_full_qwen3_checkpoint_loads_as_its_thinker_and_compresses(tmp_path, clip):
+    """load_thinker reads the family off config.json: a saved full Qwen3OmniMoeForConditionalGeneration comes
+    back as its thinker, weight for weight, and sift.compress on the full model hooks that thinker."""
+    from transformers import Qwen3OmniMoeConfig, Qwen3OmniMoeForConditionalGeneration
+
+    from sift.models import adapter_for_config, load_thinker
+
+    config = tiny_qwen3_thinker_config()
+    torch.manual_seed(0)
+    full = Qwen3OmniMoeForConditionalGeneration(Qwen3OmniMoeConfig(thinker_config=config.to_dict(), enable_audio_output=False)).eval()
+    assert isinstance(adapter_for_config(full.config), Qwen3OmniAdapter)
+    full.save_pretrained(tmp_path)
+    thinker = load_thinker(str(tmp_path))
+    assert type(thinker) is type(full.thinker)
+    with sift.compress(full, "random", retention=0.5) as session, torch.no_grad():
+        assert session.thinker is full.thinker
+        compressed = full.thinker(**clip).logits
+    with sift.compress(thinker, "random", retention=0.5), torch.no_grad():
+        assert torch.equal(thinker(**clip).logits, compressed)
+    with pytest.raises(ValueError, match="sift supports model types .*qwen3_omni_moe.*; got 'bert'"):
+        from transformers import BertConfig
+
+        adapter_for_config(BertConfig())
