@@ -415,7 +415,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Input: {inp['seconds']} s of video with audio at 2 fps, grid_thw {inp['video_grid_thw']}, "
         f"{inp['video_tokens']} video + {inp['audio_tokens']} audio tokens, sequence length {inp['seq_len']}, "
         f"embeddings (1, {inp['seq_len']}, {inp['hidden']}) {inp['dtype']}, random; audio saliency random positive.",
-        f"Layout parse (`sift.build_layout`): {result['layout_ms']:.1f} ms (median of {result['repeats']}).",
+        f"Layout parse (`{'read_qwen3_layout' if result.get('model') == 'qwen3-30b-a3b' else 'sift.build_layout'}`): "
+        f"{result['layout_ms']:.1f} ms (median of {result['repeats']}).",
         "",
         (f"Estimated Qwen2.5-Omni-7B LLM prefill on all {inp['seq_len']} tokens: **{est['prefill_s']:.2f} s** "
          f"= {est['layers']} x {est['layer_s']:.3f} s per decoder layer ({est['method']}; "

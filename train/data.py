@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 import lightning as L
 
 from sift.manifest import ANSWER_INSTRUCTION, SCHEMAS, AVQASample, build_prompt, read_manifest
+from sift.testbed.catalog import TINY_MODELS, tiny_processor_named
 
 __all__ = [
     "SCHEMAS",
@@ -392,8 +393,8 @@ class AVQADataModule(L.LightningDataModule):
         schema: ``"auto"``, ``"generic"``, ``"dailyomni"`` or ``"worldsense"``.
         video_root: folder that relative video paths / video ids resolve against (default: each
             manifest's folder).
-        processor: ``"tiny"`` for :func:`sift.testbed.tiny.tiny_processor` (offline tests), else a path or hub
-            name for ``Qwen2_5OmniProcessor.from_pretrained``.
+        processor: ``"tiny"`` / ``"tiny-qwen3"`` for a tiny model's processor (`sift.testbed.catalog`, offline
+            tests), else a path or hub name for ``AutoProcessor.from_pretrained`` (Qwen2.5-Omni or Qwen3-Omni).
         fps: frame sampling rate.
         frame_size: square resize of decoded frames (e.g. 112 for the tiny processor); ``None`` keeps
             the decoded size and lets the processor apply its own pixel budget.
@@ -457,14 +458,12 @@ class AVQADataModule(L.LightningDataModule):
     def processor(self) -> Any:
         """The ``Qwen2_5OmniProcessor`` (built on first use)."""
         if self._processor is None:
-            if self.processor_name == "tiny":
-                from sift.testbed.tiny import tiny_processor
-
-                self._processor = tiny_processor()
+            if self.processor_name in TINY_MODELS:
+                self._processor = tiny_processor_named(self.processor_name)
             else:
-                from transformers import Qwen2_5OmniProcessor
+                from transformers import AutoProcessor
 
-                self._processor = Qwen2_5OmniProcessor.from_pretrained(self.processor_name)
+                self._processor = AutoProcessor.from_pretrained(self.processor_name)
         return self._processor
 
     @property

@@ -44,8 +44,9 @@ from torchmetrics.aggregation import CatMetric, MeanMetric, SumMetric
 import sift
 from sift.compressors.omnisift import OmniSIFT
 from sift.manifest import extract_letter
-from sift.models import adapter_for
-from sift.selector import OmniSIFTConfig, OmniSIFTSelector
+from sift.models import adapter_for, load_thinker, thinker_config_of
+from sift.testbed.catalog import TINY_MODELS
+from sift.selector import OmniSIFTSelector
 from train.importance import gate_importance, ranking_loss, selection_groups
 
 __all__ = [
@@ -95,9 +96,9 @@ class SelectorModule(L.LightningModule):
     """Train an OmniSIFT selector (and optionally LoRA) in front of a frozen Qwen2.5-Omni thinker.
 
     Args:
-        model: "tiny" for the offline tiny thinker (`sift.testbed.tiny`), else a checkpoint folder or hub id for
-            `Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained` (full Qwen2.5-Omni checkpoints
-            load their thinker).
+        model: "tiny" / "tiny-qwen3" for an offline tiny thinker (`sift.testbed.catalog`), else a checkpoint
+            folder or hub id of any supported family (`Qwen/Qwen2.5-Omni-7B`, `Qwen/Qwen3-Omni-30B-A3B-Instruct`;
+            full checkpoints load their thinker, `sift.models.load_thinker`).
         model_seed: seed of the tiny thinker's random weights.
         attn_implementation: "sdpa", "flash_attention_2" or "eager".
         dtype: the frozen model's dtype, "float32" or "bfloat16" (or "float16").
@@ -191,10 +192,13 @@ class SelectorModule(L.LightningModule):
             from sift.testbed.tiny import tiny_thinker_config
 
             return tiny_thinker_config(attn_implementation=self.hparams.attn_implementation)
-        from transformers import Qwen2_5OmniThinkerConfig
+        if self.hparams.model == "tiny-qwen3":
+            from sift.testbed.tiny_qwen3 import tiny_qwen3_thinker_config
 
-        # A full Qwen2.5-Omni config.json yields its thinker_config.
-        return Qwen2_5OmniThinkerConfig.from_pretrained(self.hparams.model)
+            return tiny_qwen3_thinker_config(attn_implementation=self.hparams.attn_implementation)
+        from transformers import AutoConfig
+
+        return thinker_config_of(AutoConfig.from_pretrained(self.hparams.model))
 
     def _build_selector(self) -> OmniSIFTSelector:
         options = dict(self.hparams.selector or {})
@@ -229,13 +233,13 @@ class SelectorModule(L.LightningModule):
                 attn_implementation=self.hparams.attn_implementation,
                 dtype=dtype,
             )
-        else:
-            from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+        elif self.hparams.model == "tiny-qwen3":
+            from sift.testbed.tiny_qwen3 import tiny_qwen3_thinker
 
+            model = tiny_qwen3_thinker(self._thinker_config(), seed=self.hparams.model_seed, dtype=dtype)
+        else:
             with self._hf_zero3_context():
-                model = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-                    self.hparams.model, dtype=dtype, attn_implementation=self.hparams.attn_implementation
-                )
+                model = load_thinker(self.hparams.model, dtype=dtype, attn_implementation=self.hparams.attn_implementation)
         model.requires_grad_(False)
         model.eval()
         if self.hparams.finetune == "lora":
@@ -275,7 +279,7 @@ class SelectorModule(L.LightningModule):
             lora_alpha=self.hparams.lora_alpha,
             lora_dropout=self.hparams.lora_dropout,
             target_modules=list(self.hparams.lora_targets),
-            base_model_name_or_path=None if self.hparams.model == "tiny" else self.hparams.model,
+            base_model_name_or_path=None if self.hparams.model in TINY_MODELS else self.hparams.model,
         )
 
     def train(self, mode: bool = True) -> "SelectorModule":
@@ -449,10 +453,10 @@ class SelectorModule(L.LightningModule):
             processor = getattr(datamodule, "processor", None) if datamodule is not None else None
             if processor is not None:
                 self._tokenizer = getattr(processor, "tokenizer", processor)
-            elif self.hparams.model == "tiny":
+            elif self.hparams.model in TINY_MODELS:
                 from sift.testbed.tiny import tiny_tokenizer
 
-                self._tokenizer = tiny_tokenizer()
+                self._tokenizer = tiny_tokenizer()  # both tiny models share its ids
             else:
                 from transformers import AutoTokenizer
 

@@ -160,7 +160,7 @@ def test_every_config_parses_against_the_code(path):
     if path.stem.startswith("omnisift-"):
         strategy = cfg.trainer.strategy
         assert strategy.class_path == "lightning.pytorch.strategies.DeepSpeedStrategy"
-        assert strategy.init_args.stage == (3 if "zero3" in path.stem else 2)
+        assert strategy.init_args.stage == (3 if "zero3" in path.stem or "qwen3" in path.stem else 2)
         assert strategy.init_args.exclude_frozen_parameters is True
         assert cfg.trainer.precision == "bf16-mixed"
         assert cfg.model.attn_implementation == "flash_attention_2" and cfg.model.dtype == "bfloat16"
@@ -168,8 +168,9 @@ def test_every_config_parses_against_the_code(path):
         assert global_batch == 128
         assert cfg.model.lr == 1e-5 and cfg.model.warmup_ratio == 0.05 and cfg.trainer.max_epochs == 1
         assert tuple(cfg.model.retention_range) == (0.25, 0.5)
-        size = "3B" if "3b" in path.stem else "7B"
-        assert cfg.model.model == f"Qwen/Qwen2.5-Omni-{size}"
+        expected = {"omnisift-7b": "Qwen/Qwen2.5-Omni-7B", "omnisift-7b-zero3": "Qwen/Qwen2.5-Omni-7B",
+                    "omnisift-3b": "Qwen/Qwen2.5-Omni-3B", "omnisift-qwen3-30b-a3b": "Qwen/Qwen3-Omni-30B-A3B-Instruct"}
+        assert cfg.model.model == cfg.data.processor == expected[path.stem]
 
 
 @pytest.mark.parametrize("name", ["synthav-selector.yaml", "synthav-v2-selector.yaml"])
@@ -542,3 +543,25 @@ def test_export_reads_a_deepspeed_zero_checkpoint(tmp_path, monkeypatch):
     for name, p in hf.language_model(module.model).named_parameters():
         if ".lora_" in name:
             assert torch.equal(loaded["base_model.model." + name], p.float()), name
+
+
+@pytest.mark.parametrize("train_mode", ["shrink", "mask"])
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a step outside a Trainer
+def test_a_qwen3_omni_training_step_reaches_the_selector_and_never_the_frozen_model(clips, train_mode):
+    """Issue 14: the data module with the real Qwen3-Omni processor, SelectorModule on the tiny Qwen3 thinker: CE +
+    KD + importance distillation in either mode; gradients reach the selector only."""
+    dm = AVQADataModule(train_manifest=str(clips["train"]), processor="tiny-qwen3", max_frames=8, batch_size=2)
+    dm.setup("fit")
+    batch = collate([dm.train_dataset[0], dm.train_dataset[2]], pad_token_id=dm.pad_token_id)
+    assert batch["video_second_per_grid"].tolist() == [1.0, 1.0]  # the Qwen3 processor: temporal patch 2 at 2 fps
+    module = SelectorModule(model="tiny-qwen3", kd_weight=1.0, importance_weight=1.0, train_mode=train_mode,
+                            retention_range=(0.3, 0.3))
+    module.configure_model()
+    module.train()
+    assert module.selector.config.base_model == "qwen3_omni_moe_thinker" and module.selector.config.hidden_size == 64
+    loss = module.training_step(batch, 0)
+    assert torch.isfinite(loss) and loss.requires_grad
+    loss.backward()
+    assert module.selector.vgas.score_head[2].weight.grad.abs().sum() > 0
+    assert module.selector.stvp.mlp[2].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in module.model.parameters())
