@@ -4,7 +4,7 @@ Video (STVP's rules; STVP, OmniZip, DyCoke, OmniSelect-style and the learned sel
 ``spatial_saliency`` (how unlike its frame's mean a token is), ``temporal_saliency`` (how much a cell changed
 since the previous frame) and ``frame_saliency`` (the right one of the two for every frame of a window).
 
-Audio: the attention each token receives inside the Qwen2.5-Omni audio encoder's last self-attention layer
+Audio: the attention each token receives inside the audio encoder's last self-attention layer
 (OmniZip-style), gathered by hooks and stored in ``signals[AUDIO_SALIENCY]``; the rest of this docstring is
 about it.
 
@@ -27,9 +27,11 @@ Definitions (per audio, per encoder call):
 * What is stored is ``received[j] * n`` (the attention ``j`` receives relative to uniform attention in
   its block, mean 1): ranking inside a block is unchanged, and a short last block of an audio does not
   outrank full blocks just because its mean is ``1/n`` with a smaller ``n``.
-* The per-position values are then pooled exactly like the encoder's post-pooling
-  (``get_pool_indices(feature_lens)``): LLM audio token ``t`` of audio ``b`` is the mean of positions
-  ``p`` and ``p + 1`` with ``p = offset_b + 2 t``; an odd trailing position is dropped, as in the encoder.
+* The per-position values are then pooled exactly like the encoder's post-pooling, which the model adapter
+  describes (``audio_positions``, ``audio_pool``). Qwen2.5-Omni (``get_pool_indices(feature_lens)``): LLM audio
+  token ``t`` of audio ``b`` is the mean of positions ``p`` and ``p + 1`` with ``p = offset_b + 2 t``; an odd
+  trailing position is dropped, as in the encoder. Qwen3-Omni pools nothing after its last attention: its
+  positions are the LLM audio tokens (13 per second), split per audio.
 
 Usage::
 
@@ -44,7 +46,7 @@ Usage::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,10 +55,6 @@ from torch.utils.hooks import RemovableHandle
 
 from sift.layout import Window, same_cells
 from sift.models import adapter_for
-
-if TYPE_CHECKING:  # pragma: no cover
-    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
-    from transformers.models.qwen2_5_omni.modeling_qwen2_5_omni import Qwen2_5OmniAudioAttention
 
 __all__ = [
     "AUDIO_SALIENCY",
@@ -112,7 +110,7 @@ def _project_heads(linear: nn.Linear, hidden_states: torch.Tensor, num_heads: in
 @torch.no_grad()
 def block_attention_received(
     hidden_states: torch.Tensor,
-    attn: Qwen2_5OmniAudioAttention,
+    attn: nn.Module,
     cu_seqlens: torch.Tensor,
     *,
     max_block_group: int = 16,
@@ -203,7 +201,7 @@ def pool_like_encoder(saliency: torch.Tensor, positions: torch.Tensor | Sequence
 
 
 def attach_audio_saliency(
-    thinker: Qwen2_5OmniThinkerForConditionalGeneration,
+    thinker: nn.Module,
     signals: dict,
     *,
     max_block_group: int = 16,

@@ -192,7 +192,10 @@ def test_multi_turn_follow_up_on_a_compressed_cache(q3, clip):
         scratch = q3.generate(input_ids=history, attention_mask=torch.ones_like(history), **media, **gen)
         again = q3.generate(input_ids=history, attention_mask=torch.ones_like(history), **media,
                             **{hf.CACHE_KWARG: copy.deepcopy(hf.cache_out(first))}, **gen)
+        only_new = q3.generate(input_ids=history[:, first.sequences.shape[1]:], attention_mask=torch.ones_like(history),
+                               **{hf.CACHE_KWARG: copy.deepcopy(hf.cache_out(first))}, **gen)
     assert torch.equal(again[:, -3:], scratch[:, -3:])
+    assert torch.equal(only_new[:, -3:], scratch[:, -3:])
 
 
 def test_video_without_audio(q3):

@@ -236,3 +236,25 @@ def test_pool_like_encoder_matches_pool_indices():
     torch.testing.assert_close(torch.cat(pooled), (sal[idx] + sal[idx + 1]) / 2)
     with pytest.raises(ValueError):
         pool_like_encoder(sal[:-1], n_pos)
+
+
+def test_qwen3_omni_saliency_is_per_llm_audio_token_with_no_pooling():
+    """On the tiny real Qwen3-Omni thinker: one value per LLM audio token of each audio (13 per second; its
+    encoder pools nothing after the last attention), equal to the full-matrix reference, audios never mixed."""
+    from sift.models.qwen3_omni import qwen3_audio_tokens
+    from sift.testbed.tiny_qwen3 import qwen3_av_inputs, qwen3_batch, tiny_qwen3_thinker
+
+    thinker = tiny_qwen3_thinker()
+    _sharpen(thinker)
+    samples = [qwen3_av_inputs(thinker.config, seconds=s, seed=s) for s in (4, 7)]
+    seen, saliency = _run(thinker, qwen3_batch(thinker.config, samples))
+    lengths = qwen3_audio_tokens(seen["feature_lens"], thinker.config.audio_config.n_window).tolist()
+    assert lengths == [52, 91] and [len(s) for s in saliency] == lengths
+    attn = thinker.model.audio_tower.layers[-1].self_attn
+    reference = _full_matrix_reference(seen["hidden_states"], attn, seen["cu_seqlens"])
+    bounds = seen["cu_seqlens"].long()
+    block_length = torch.repeat_interleave(bounds[1:] - bounds[:-1], bounds[1:] - bounds[:-1]).float()
+    torch.testing.assert_close(torch.cat(saliency), reference * block_length, atol=1e-5, rtol=1e-4)
+    assert float(torch.cat(saliency).std()) > 0.05  # peaked: the ranking means something
+    alone = _run(thinker, samples[1])[1]
+    torch.testing.assert_close(alone[0], saliency[1], atol=1e-5, rtol=1e-4)
