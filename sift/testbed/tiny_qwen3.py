@@ -38,7 +38,6 @@ __all__ = [
     "tiny_qwen3_processor",
     "qwen3_av_inputs",
     "qwen3_batch",
-    "decoder_inputs",
 ]
 
 #: What the real Qwen3-Omni processor and checkpoint use (the config class defaults to 25).
@@ -235,19 +234,3 @@ def qwen3_batch(config: Any, samples: list[dict[str, Any]]) -> dict[str, Any]:
         batch["feature_attention_mask"] = torch.cat([torch.nn.functional.pad(s["feature_attention_mask"], (0, frames - s["feature_attention_mask"].shape[-1])) for s in audio])
         batch["use_audio_in_video"] = True
     return batch
-
-
-def decoder_inputs(thinker: Any, inputs: dict[str, Any]) -> dict[str, Any]:
-    """What the stock thinker hands its decoder for ``inputs`` (embeddings, float 3D positions, DeepStack rows).
-
-    Why: the layout and DeepStack tests compare sift's view of a prefill with the model's own, read at the one
-    seam sift hooks (the language model's inputs).
-    """
-    seen: dict[str, Any] = {}
-    handle = thinker.model.language_model.register_forward_pre_hook(lambda m, a, kw: seen.update(kw), with_kwargs=True)
-    try:
-        with torch.no_grad():
-            thinker(**inputs)
-    finally:
-        handle.remove()
-    return seen

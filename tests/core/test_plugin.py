@@ -11,28 +11,16 @@ from transformers import DynamicCache
 import sift
 from sift import hf_internals as hf
 from sift.testbed.media import synth_clip
+from sift.testbed.probes import DecoderCalls
 from sift.testbed.tiny import omni_inputs, tiny_thinker
 
 MAX_NEW = 6
+DECODER_KEYS = ("inputs_embeds", "position_ids", "attention_mask")
 
 
 def _greedy(model, inputs, **kw):
     with torch.no_grad():
         return model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False, **kw)
-
-
-class LanguageModelSpy:
-    """Records what the decoder receives (registered after sift's hook, so it sees the compressed inputs)."""
-
-    def __init__(self, thinker):
-        self.calls: list[dict] = []
-        self.handle = hf.language_model(thinker).register_forward_pre_hook(self._record, with_kwargs=True)
-
-    def _record(self, module, args, kwargs):
-        self.calls.append({k: kwargs.get(k) for k in ("inputs_embeds", "position_ids", "attention_mask")})
-
-    def remove(self):
-        self.handle.remove()
 
 
 @pytest.fixture(scope="module")
@@ -75,12 +63,9 @@ def test_half_retention_token_count_and_positions(thinker, synth_inputs):
         synth_inputs["feature_attention_mask"].sum(-1),
         synth_inputs["video_second_per_grid"],
     )
-    spy = None
-    with sift.compress(thinker, "random", retention=0.5) as session:
-        spy = LanguageModelSpy(thinker)
+    with sift.compress(thinker, "random", retention=0.5) as session, DecoderCalls(thinker, DECODER_KEYS) as spy:
         with torch.no_grad():
             out = thinker(**synth_inputs)
-        spy.remove()
     seen = spy.calls[0]
     expected_len = n_text + round(0.5 * n_media)
     assert seen["inputs_embeds"].shape[1] == expected_len
@@ -116,12 +101,8 @@ def _manual_greedy(model, embeds, positions, mask, steps):
 
 
 def test_generate_equals_manual_cache_loop_on_shrunk_input(thinker, synth_inputs):
-    with sift.compress(thinker, "random", retention=0.5):
-        spy = LanguageModelSpy(thinker)
-        try:
-            out = _greedy(thinker, synth_inputs)
-        finally:
-            spy.remove()
+    with sift.compress(thinker, "random", retention=0.5), DecoderCalls(thinker, DECODER_KEYS) as spy:
+        out = _greedy(thinker, synth_inputs)
     prefill = spy.calls[0]
     assert len(spy.calls) == MAX_NEW  # one prefill + MAX_NEW - 1 decode steps
     pos3 = prefill["position_ids"][1:] if prefill["position_ids"].shape[0] == 4 else prefill["position_ids"]

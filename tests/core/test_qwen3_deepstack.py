@@ -5,7 +5,8 @@
 import torch
 
 from sift.sequence import shrink_sequence, shrink_visual_rows
-from sift.testbed.tiny_qwen3 import decoder_inputs, qwen3_av_inputs, tiny_qwen3_thinker
+from sift.testbed.probes import decoder_inputs
+from sift.testbed.tiny_qwen3 import qwen3_av_inputs, tiny_qwen3_thinker
 
 
 def test_dropping_video_tokens_drops_their_deepstack_rows_exactly():

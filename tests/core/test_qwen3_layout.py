@@ -6,7 +6,8 @@ import torch
 
 from sift.layout import build_layout
 from sift.models.qwen3_omni import read_qwen3_layout
-from sift.testbed.tiny_qwen3 import decoder_inputs, qwen3_av_inputs, tiny_qwen3_thinker
+from sift.testbed.probes import decoder_inputs
+from sift.testbed.tiny_qwen3 import qwen3_av_inputs, tiny_qwen3_thinker
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,8 @@ from transformers import DynamicCache
 import sift
 from sift import hf_internals as hf
 from sift.models import Qwen3OmniAdapter, adapter_for
-from sift.testbed.tiny_qwen3 import decoder_inputs, qwen3_av_inputs, qwen3_batch, tiny_qwen3_thinker, tiny_qwen3_thinker_config
+from sift.testbed.probes import DecoderCalls, decoder_inputs
+from sift.testbed.tiny_qwen3 import qwen3_av_inputs, qwen3_batch, tiny_qwen3_thinker, tiny_qwen3_thinker_config
 
 MAX_NEW = 5
 DECODER_KEYS = ("inputs_embeds", "position_ids", "attention_mask", "visual_pos_masks", "deepstack_visual_embeds")
@@ -32,22 +33,6 @@ def clip(q3):
 def _greedy(model, inputs, **kw):
     with torch.no_grad():
         return model.generate(**inputs, max_new_tokens=MAX_NEW, do_sample=False, **kw)
-
-
-class DecoderSpy:
-    """What the decoder receives, recorded after sift's hook (so the compressed inputs)."""
-
-    def __init__(self, thinker):
-        self.calls: list[dict] = []
-        self.handle = hf.language_model(thinker).register_forward_pre_hook(
-            lambda m, a, kw: self.calls.append({k: kw.get(k) for k in DECODER_KEYS}), with_kwargs=True
-        )
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.handle.remove()
 
 
 def test_the_qwen3_thinker_gets_its_adapter(q3, clip):
@@ -77,7 +62,7 @@ def test_random_half_keeps_exact_count_original_positions_and_deepstack_rows(q3,
     full = decoder_inputs(q3, clip)
     ids = clip["input_ids"]
     cfg = q3.config
-    with sift.compress(q3, "random", retention=0.5, seed=1) as session, DecoderSpy(q3) as spy, torch.no_grad():
+    with sift.compress(q3, "random", retention=0.5, seed=1) as session, DecoderCalls(q3, DECODER_KEYS) as spy, torch.no_grad():
         logits = q3(**clip).logits
     stats, seen = session.stats, spy.calls[0]
     n_media = stats.audio_before[0] + stats.video_before[0]
@@ -121,7 +106,7 @@ def _manual_greedy(model, prefill, steps):
 
 
 def test_generate_continues_the_compressed_cache_at_original_positions(q3, clip):
-    with sift.compress(q3, "random", retention=0.5) as session, DecoderSpy(q3) as spy:
+    with sift.compress(q3, "random", retention=0.5) as session, DecoderCalls(q3, DECODER_KEYS) as spy:
         out = _greedy(q3, clip)
     assert len(spy.calls) == MAX_NEW  # one prefill, MAX_NEW - 1 decode steps
     prefill = spy.calls[0]
@@ -162,7 +147,7 @@ def test_labels_and_the_load_balancing_loss_cover_the_kept_tokens(q3, clip):
             same = q3(**clip, labels=labels, output_router_logits=True)
     assert torch.equal(same.loss, stock.loss) and torch.equal(same.aux_loss, stock.aux_loss)
 
-    with sift.compress(q3, "random", retention=0.4) as session, DecoderSpy(q3) as spy:
+    with sift.compress(q3, "random", retention=0.4) as session, DecoderCalls(q3, DECODER_KEYS) as spy:
         out = q3(**clip, labels=labels, output_router_logits=True)
     keep = session.stats.kept_positions[0]
     text = q3.config.get_text_config()

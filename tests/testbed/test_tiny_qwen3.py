@@ -7,7 +7,8 @@ from transformers.models.qwen3_omni_moe import modeling_qwen3_omni_moe as q3
 
 from sift.layout import grid_interleaving
 from sift.models.qwen3_omni import qwen3_audio_tokens
-from sift.testbed.tiny_qwen3 import decoder_inputs, qwen3_av_inputs, tiny_qwen3_thinker
+from sift.testbed.probes import decoder_inputs
+from sift.testbed.tiny_qwen3 import qwen3_av_inputs, tiny_qwen3_thinker
 
 
 @pytest.fixture(scope="module")
