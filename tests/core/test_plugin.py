@@ -6,12 +6,11 @@ import copy
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 import sift
 from sift import hf_internals as hf
 from sift.testbed.media import synth_clip
-from sift.testbed.probes import DecoderCalls
+from sift.testbed.probes import DecoderCalls, greedy_from_decoder_inputs
 from sift.testbed.tiny import omni_inputs, tiny_thinker
 
 MAX_NEW = 6
@@ -82,31 +81,13 @@ def test_half_retention_token_count_and_positions(thinker, synth_inputs):
     assert stats.selection_time_s > 0
 
 
-def _manual_greedy(model, embeds, positions, mask, steps):
-    """Greedy decoding with an explicit KV cache on already-shrunk inputs, outside any sift hook."""
-    lm, head, embed = hf.language_model(model), model.lm_head, model.get_input_embeddings()
-    cache = DynamicCache(config=model.config.get_text_config())
-    tokens = []
-    with torch.no_grad():
-        h = lm(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, **{hf.CACHE_KWARG: cache}).last_hidden_state
-        nxt = head(h[:, -1]).argmax(-1)
-        pos = positions[:, :, -1:]
-        for _ in range(steps):
-            tokens.append(nxt)
-            pos = pos + 1
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            h = lm(inputs_embeds=embed(nxt[:, None]), position_ids=pos, attention_mask=mask, **{hf.CACHE_KWARG: cache})
-            nxt = head(h.last_hidden_state[:, -1]).argmax(-1)
-    return torch.stack(tokens, dim=1)
-
-
 def test_generate_equals_manual_cache_loop_on_shrunk_input(thinker, synth_inputs):
     with sift.compress(thinker, "random", retention=0.5), DecoderCalls(thinker, DECODER_KEYS) as spy:
         out = _greedy(thinker, synth_inputs)
     prefill = spy.calls[0]
     assert len(spy.calls) == MAX_NEW  # one prefill + MAX_NEW - 1 decode steps
     pos3 = prefill["position_ids"][1:] if prefill["position_ids"].shape[0] == 4 else prefill["position_ids"]
-    manual = _manual_greedy(thinker, prefill["inputs_embeds"], pos3, prefill["attention_mask"], MAX_NEW)
+    manual = greedy_from_decoder_inputs(thinker, prefill, MAX_NEW)
     assert torch.equal(out[:, synth_inputs["input_ids"].shape[1] :], manual)
     # decode steps continue at max position + 1 of the kept prompt
     first_decode = spy.calls[1]["position_ids"]

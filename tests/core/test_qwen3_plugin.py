@@ -8,12 +8,11 @@ import copy
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 import sift
 from sift import hf_internals as hf
 from sift.models import Qwen3OmniAdapter, adapter_for
-from sift.testbed.probes import DecoderCalls, decoder_inputs
+from sift.testbed.probes import DecoderCalls, decoder_inputs, greedy_from_decoder_inputs
 from sift.testbed.tiny_qwen3 import qwen3_av_inputs, qwen3_batch, tiny_qwen3_thinker, tiny_qwen3_thinker_config
 
 MAX_NEW = 5
@@ -87,24 +86,6 @@ def test_random_half_keeps_exact_count_original_positions_and_deepstack_rows(q3,
     assert torch.equal(logits, q3.lm_head(out.last_hidden_state))
 
 
-def _manual_greedy(model, prefill, steps):
-    """Greedy decoding with an explicit KV cache on the shrunk prefill sift handed the decoder, outside sift."""
-    lm, head, embed = hf.language_model(model), model.lm_head, model.get_input_embeddings()
-    cache = DynamicCache(config=model.config.get_text_config())
-    positions, mask = prefill["position_ids"], prefill["attention_mask"]
-    with torch.no_grad():
-        h = lm(**prefill, **{hf.CACHE_KWARG: cache}).last_hidden_state
-        nxt, tokens = head(h[:, -1]).argmax(-1), []
-        pos = positions[1:, :, -1:]
-        for _ in range(steps):
-            tokens.append(nxt)
-            pos = pos + 1
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-            h = lm(inputs_embeds=embed(nxt[:, None]), position_ids=pos, attention_mask=mask, **{hf.CACHE_KWARG: cache})
-            nxt = head(h.last_hidden_state[:, -1]).argmax(-1)
-    return torch.stack(tokens, dim=1)
-
-
 def test_generate_continues_the_compressed_cache_at_original_positions(q3, clip):
     with sift.compress(q3, "random", retention=0.5) as session, DecoderCalls(q3, DECODER_KEYS) as spy:
         out = _greedy(q3, clip)
@@ -112,7 +93,7 @@ def test_generate_continues_the_compressed_cache_at_original_positions(q3, clip)
     prefill = spy.calls[0]
     assert prefill["position_ids"].shape[0] == 4  # generate's text row, rebuilt for the kept sequence
     assert prefill["inputs_embeds"].shape[1] == session.history[0].tokens_after[0]
-    assert torch.equal(out[:, clip["input_ids"].shape[1]:], _manual_greedy(q3, prefill, MAX_NEW))
+    assert torch.equal(out[:, clip["input_ids"].shape[1]:], greedy_from_decoder_inputs(q3, prefill, MAX_NEW))
     first_decode = spy.calls[1]["position_ids"]
     assert float(first_decode[-3:].max()) == float(prefill["position_ids"][1:].max()) + 1
 
