@@ -2,7 +2,8 @@
 
 The public API:
 
-- `sift.build_layout` / `sift.TokenLayout`: the audio/video token layout of a Qwen2.5-Omni input in 2 s windows.
+- `sift.layout_of(inputs, config)` / `sift.TokenLayout`: the audio/video token layout of a Qwen2.5-Omni or
+  Qwen3-Omni input in 2 s windows (`sift.build_layout`: Qwen2.5-Omni's rule, with options).
 - `sift.get_compressor(name, retention=...)`: a token-selection method (`available_compressors()` lists them).
 - `with sift.compress(model, compressor) as session:` applies it to a stock transformers model.
 - `sift.OmniSIFTSelector`: the learned selector (`save_pretrained` / `from_pretrained`).
@@ -16,8 +17,9 @@ from sift.compressors import (
     get_compressor,
     register,
 )
-from sift.flops import flops, flops_ratio
-from sift.layout import Frame, RowLayout, Segment, TokenLayout, Window, build_layout, layout_of
+from sift.flops import active_parameters, flops, flops_ratio
+from sift.layout import Frame, RowLayout, Segment, TokenLayout, Window, build_layout
+from sift.models import layout_of
 from sift.plugin import MODES, SUPPORTED_MODELS, CompressionSession, CompressionStats, compress
 from sift.selector import OmniSIFTConfig, OmniSIFTSelector
 
@@ -46,4 +48,5 @@ __all__ = [
     "OmniSIFTConfig",
     "flops",
     "flops_ratio",
+    "active_parameters",
 ]

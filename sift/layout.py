@@ -28,7 +28,6 @@ __all__ = [
     "RowLayout",
     "TokenLayout",
     "build_layout",
-    "layout_of",
     "LAYOUT_KEYS",
     "audio_tokens_from_features",
     "same_cells",
@@ -434,11 +433,6 @@ def _runs(flags: list[bool]) -> list[tuple[int, int]]:
         runs.append((i, j))
         i = j
     return runs
-
-
-def layout_of(inputs: Any, config: Any) -> TokenLayout:
-    """The layout of a processor output (or any dict of thinker inputs): `build_layout` on its keys."""
-    return build_layout(inputs["input_ids"], config, **{k: inputs.get(k) for k in LAYOUT_KEYS})
 
 
 def _check_interleaving(run_audio, video_per_window, audio_per_window, by_grid, grid, per_frame, grid_positions,

@@ -20,6 +20,7 @@ __all__ = [
     "OmniAdapter",
     "adapter_for",
     "adapter_for_config",
+    "layout_of",
     "load_thinker",
     "register_adapter",
     "registered_adapters",
@@ -157,6 +158,12 @@ def adapter_for_config(config: Any) -> OmniAdapter:
             return cls()
     names = ", ".join(sorted({c.config_class.model_type for cls in _ADAPTERS for c in cls.thinker_classes + cls.wrapper_classes}))
     raise ValueError(f"sift supports model types {names}; got {getattr(config, 'model_type', type(config).__name__)!r}")
+
+
+def layout_of(inputs: Mapping[str, Any], config: Any) -> TokenLayout:
+    """The layout of a processor output (or any dict of thinker inputs), read by its model family's rule."""
+    thinker_config = thinker_config_of(config)
+    return adapter_for_config(thinker_config).read_layout(inputs, thinker_config)
 
 
 def load_thinker(name_or_path: str, **kwargs: Any) -> nn.Module:

@@ -41,6 +41,7 @@ def test_the_qwen3_thinker_gets_its_adapter(q3, clip):
     assert adapter.hidden_size(q3.config) == 64
     assert adapter.read_layout(clip, q3.config).num_tokens == int(torch.isin(clip["input_ids"], torch.tensor(
         [q3.config.audio_token_id, q3.config.video_token_id])).sum())
+    assert torch.equal(sift.layout_of(clip, q3.config).media_mask(), adapter.read_layout(clip, q3.config).media_mask())
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
