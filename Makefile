@@ -9,7 +9,7 @@ DEMO ?= runs/demo
 DEMO_TEST_CLIPS ?= 100
 DEMO_TRAIN_CLIPS ?= 300
 
-.PHONY: install demo demo-eval test test-fast test-lowest test-newest constraints clean
+.PHONY: install demo demo-eval test test-fast test-lowest test-lmms test-newest constraints clean
 
 # Every install goes through constraints.txt, the exact stack the suite was run on (see its header to refresh).
 # deepspeed ships as an sdist whose build needs torch: build it against the torch installed first
@@ -61,6 +61,13 @@ test-lowest: $(STAMP)
 	$(PY) -m pip install --quiet --disable-pip-version-check --target $(STACKS)/lowest \
 		-c $(STACKS)/constraints-lowest.txt "transformers==$(TF_LOWEST)"
 	PYTHONPATH=$(STACKS)/lowest $(PY) -m pytest -q $(LOWEST_TESTS)
+
+# The lmms-eval plug-in (tests/apps/test_lmms_eval.py) with lmms-eval and the modules it imports, from
+# constraints-lmms.txt (see its header), in a side folder put first on PYTHONPATH; the venv is untouched.
+test-lmms: $(STAMP)
+	rm -rf $(STACKS)/lmms && mkdir -p $(STACKS)
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --target $(STACKS)/lmms -r constraints-lmms.txt
+	PYTHONPATH=$(CURDIR)/$(STACKS)/lmms $(PY) -m pytest -q -k lmms tests/apps
 
 # The whole suite on the newest released transformers (and the newest of what it pulls in), to see the next
 # break before a user does. .ci/run reports the outcome without failing on it.

@@ -123,6 +123,15 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lmms_task(args: argparse.Namespace) -> int:
+    from sift.apps.lmms_eval_tasks import write_task
+
+    path = write_task(args.manifest, args.out, args.name, schema=args.schema, video_root=args.video_root,
+                      max_new_tokens=args.max_new_tokens)
+    print(f"wrote {path}; run lmms-eval with --tasks {args.name} --include_path {args.out}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from sift.apps import bench, evaluate
 
@@ -165,6 +174,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     bench.add_arguments(be).set_defaults(func=_bench)
+    lt = sub.add_parser(
+        "lmms-task",
+        help="write an lmms-eval task for a local AV manifest (SynthAV, Daily-Omni, generic)",
+        description="Write OUT/NAME/{NAME.yaml, NAME.jsonl, utils.py}: an lmms-eval task read from local files, scored "
+        "as sift eval scores (see sift.apps.lmms_eval_tasks).",
+    )
+    lt.add_argument("--manifest", required=True, help="a generic JSONL/JSON, Daily-Omni or WorldSense manifest")
+    lt.add_argument("--out", required=True, help="the folder to pass to lmms-eval's --include_path")
+    lt.add_argument("--name", default="sift_synthav", help="task name (e.g. sift_synthav, sift_dailyomni)")
+    lt.add_argument("--schema", default="auto", choices=("auto", "generic", "dailyomni", "worldsense"))
+    lt.add_argument("--video-root", help="folder the manifest's video paths are relative to (default: its own)")
+    lt.add_argument("--max-new-tokens", type=int, default=8, help="greedy tokens per answer (sift eval's default)")
+    lt.set_defaults(func=_lmms_task)
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.command_line = "sift " + " ".join(argv)

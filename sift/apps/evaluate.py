@@ -59,7 +59,10 @@ from sift.apps.runtime import (
 )
 from sift.testbed.catalog import TINY_MODELS
 
-__all__ = ["run_eval", "eval_options", "add_arguments", "accuracy", "UsageError", "EvalError", "AnswerLog", "run_settings"]
+__all__ = [
+    "run_eval", "eval_options", "add_arguments", "accuracy", "UsageError", "EvalError", "AnswerLog", "run_settings",
+    "load_model", "prepare", "prepare_prompt", "make_compressor", "generate_reply",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -182,10 +185,19 @@ def prepare(processor: Any, sample: Any, clip: Any, system_prompt: str | None = 
     """Processor inputs of one sample (batch 1, generation prompt): its clip with audio and its MC prompt."""
     from sift.manifest import build_prompt
 
+    return prepare_prompt(processor, build_prompt(sample), clip, system_prompt)
+
+
+def prepare_prompt(processor: Any, prompt: str, clip: Any, system_prompt: str | None = None) -> dict[str, Any]:
+    """Processor inputs of one user turn ``<video with its audio><prompt>`` (batch 1, generation prompt).
+
+    Why public: the lmms-eval model (`sift.apps.lmms_eval_model`) gets its prompt text from the harness and must
+    build exactly the inputs `sift eval` builds, for the two to agree answer for answer.
+    """
     messages: list[dict] = []
     if system_prompt is not None:
         messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": build_prompt(sample)}]})
+    messages.append({"role": "user", "content": [{"type": "video"}, {"type": "text", "text": prompt}]})
     renderer = processor if getattr(processor, "chat_template", None) else processor.tokenizer
     text = renderer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     from sift.testbed.processing import audio_kwargs, video_size
@@ -209,6 +221,38 @@ def prepare(processor: Any, sample: Any, clip: Any, system_prompt: str | None = 
     inputs["use_audio_in_video"] = True
     return inputs
 
+
+def make_compressor(name: str, retention: float | None, model_config: Any, *, selector: Any = None, seed: int = 0,
+                    **options: Any) -> Any:
+    """The compressor of one method as `sift eval` runs it; a selector for another model is a usage error.
+
+    ``selector``: a loaded `OmniSIFTSelector` or a checkpoint folder (omnisift); ``seed`` seeds `random`.
+    """
+    import sift
+
+    if name == "omnisift":
+        if selector is None:
+            raise UsageError("omnisift needs a trained selector: pass a checkpoint folder (an OmniSIFTSelector save_pretrained)")
+        if not isinstance(selector, sift.OmniSIFTSelector):
+            selector = sift.OmniSIFTSelector.from_pretrained(selector).eval()
+        try:  # a selector for another model fails every sample: say so once, before any
+            selector.check_model(model_config)
+        except ValueError as e:
+            raise UsageError(f"selector: {e}") from None
+        options["selector"] = selector
+    elif name == "random":
+        options.setdefault("seed", seed)
+    return sift.get_compressor(name, retention=retention, **options)
+
+
+def generate_reply(model: Any, tokenizer: Any, inputs: Any, compressor: Any, max_new_tokens: int) -> tuple[str, Any, int]:
+    """(greedy reply text, the prefill's `CompressionStats` or None, prompt tokens) of one input, compressed."""
+    import sift
+
+    n_prompt = int(inputs["input_ids"].shape[1])
+    with torch.no_grad(), sift.compress(model, compressor) as session:
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return tokenizer.decode(out[0, n_prompt:], skip_special_tokens=True), session.stats, n_prompt
 
 
 # ------------------------------------------------------------------------------------------------ answers
@@ -436,19 +480,10 @@ def _compressors(args: argparse.Namespace, configs: Sequence[tuple[str, float]],
     selector = None
     if any(name == "omnisift" for name, _ in configs):
         selector = sift.OmniSIFTSelector.from_pretrained(args.selector).eval()
-        try:  # a selector for another model fails every sample: say so once, before any
-            selector.check_model(model_config)
-        except ValueError as e:
-            raise UsageError(f"--selector {args.selector}: {e}") from None
-    compressors: dict[tuple[str, float], Any] = {}
-    for name, r in configs:
-        extra: dict[str, Any] = {}
-        if name == "omnisift":
-            extra["selector"] = selector
-        elif name == "random":
-            extra["seed"] = args.seed
-        compressors[(name, r)] = sift.get_compressor(name, retention=r, **extra)
-    return compressors
+    try:
+        return {(name, r): make_compressor(name, r, model_config, selector=selector, seed=args.seed) for name, r in configs}
+    except UsageError as e:
+        raise UsageError(f"--selector {args.selector}: {str(e).removeprefix('selector: ')}") from None
 
 
 class _ClipLoader:
@@ -523,25 +558,20 @@ def _answer_all(
 def _answer(model: Any, tok: Any, inputs: Any, compressor: Any, sample: Any, name: str, r: float,
             args: argparse.Namespace) -> dict[str, Any]:
     """One answer as an answers.jsonl record; an exception becomes a failed record, not a lost run."""
-    import sift
     from sift.manifest import extract_letter
 
     record: dict[str, Any] = dict(
         id=sample.id, category=sample.category if sample.category is not None else UNCATEGORIZED, method=name,
         retention=r, answer=sample.answer,
     )
-    n_prompt = int(inputs["input_ids"].shape[1])
     try:
-        with torch.no_grad(), sift.compress(model, compressor) as session:
-            out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        reply, stats, n_prompt = generate_reply(model, tok, inputs, compressor, args.max_new_tokens)
     except Exception as e:  # one failing input must not cost the run; KeyboardInterrupt still stops it
         logger.warning("sample %r, %s at retention %g failed: %s", sample.id, name, r, _error_text(e))
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # a CUDA out-of-memory should not doom the next answers
         return dict(record, status="failed", error=_error_text(e))
-    reply = tok.decode(out[0, n_prompt:], skip_special_tokens=True)
     letter = extract_letter(reply, sample.num_options)
-    stats = session.stats
     return dict(
         record, status="ok", reply=reply, letter=letter, correct=letter == sample.answer,
         achieved_retention=stats.retention if stats is not None else 1.0,
