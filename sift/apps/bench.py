@@ -567,6 +567,7 @@ def _rows(args, samples, configs, scale: float, flops_config: Any, info: dict[st
         row["prefill_speedup"] = full["llm_prefill_s"] / row["llm_prefill_s"]
         row["ttft_speedup"] = full["ttft_s"] / row["ttft_s"]
         row["ideal_speedup"] = 1.0 / r
+        row["selection_share_of_full_prefill"] = row["selection_s"] / full["llm_prefill_s"]
         rows.append(row)
     return rows
 
@@ -630,8 +631,8 @@ def markdown(result: dict[str, Any]) -> str:
         "",
     ]
     header = (
-        "| S | method | r | media kept | LLM tokens | encoders ms | select ms | LLM prefill ms | prefill speedup "
-        "(ideal 1/r) | TTFT ms | TTFT speedup | decode tok/s | peak mem MiB | FLOPs | FLOPs ratio |"
+        "| S | method | r | media kept | LLM tokens | encoders ms | select ms | select % of full prefill | LLM prefill ms "
+        "| prefill speedup (ideal 1/r) | TTFT ms | TTFT speedup | decode tok/s | peak mem MiB | FLOPs | FLOPs ratio |"
     )
     for inp in result["inputs"]:
         s = inp["seconds"]
@@ -647,7 +648,8 @@ def markdown(result: dict[str, Any]) -> str:
             ideal = "" if r["method"] == "full" else f" ({r['ideal_speedup']:.2f})"
             lines.append(
                 f"| {s} | {r['method']} | {r['retention']:g} | {r['media_kept']}/{r['media_before']} | {r['llm_tokens']} | "
-                f"{_ms(r['encoder_s'])} | {_ms(r['selection_s'])} | {_ms(r['llm_prefill_s'])} | "
+                f"{_ms(r['encoder_s'])} | {_ms(r['selection_s'])} | {100 * r['selection_share_of_full_prefill']:.3g}% | "
+                f"{_ms(r['llm_prefill_s'])} | "
                 f"{r['prefill_speedup']:.2f}x{ideal} | {_ms(r['ttft_s'])} | {r['ttft_speedup']:.2f}x | "
                 f"{r['decode_tokens_per_s']:.1f} | {r['peak_mem_bytes'] / 2**20:.0f} | {r['flops']:.3g} | "
                 f"{r['flops_ratio']:.3f} |"
@@ -656,7 +658,7 @@ def markdown(result: dict[str, Any]) -> str:
     notes = [
         "Columns: media kept = audio+video tokens entering the LLM / before compression; encoders = audio + vision "
         "tower forward (OmniZip/OmniSIFT/OmniSelect add their audio-saliency hook there); select = "
-        "`session.stats.selection_time_s`; LLM prefill = the language model's forward on the kept prompt; "
+        "`session.stats.selection_time_s`, and its share of the full-token LLM prefill; LLM prefill = the language model's forward on the kept prompt; "
         "TTFT = `generate` call to the end of the first forward (encoders + selection + LLM + lm_head); "
         "decode tok/s = (new tokens - 1) / time after the first token; FLOPs = OmniZip Eq. 9 (LLM only, "
         f"R = {result['settings']['flops_new_tokens']}) on the LLM tokens, ratio vs full.",

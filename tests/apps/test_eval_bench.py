@@ -164,7 +164,7 @@ def _check_bench_outputs(out: Path, prefix: str, methods: list[str], retentions:
     for inp in result["inputs"]:  # patches 24 = the papers' rates: 288 video + 50 audio tokens per 2 s window
         assert inp["video_tokens"] == (patches // 2) ** 2 * inp["seconds"] and inp["audio_tokens"] == 25 * inp["seconds"]
     md = (out / f"{prefix}results.md").read_text()
-    assert "| S | method | r | media kept | LLM tokens | encoders ms | select ms | LLM prefill ms |" in md
+    assert "| S | method | r | media kept | LLM tokens | encoders ms | select ms | select % of full prefill | LLM prefill ms |" in md
     assert "| r | LLM tokens | runs | LLM prefill ms | prefill speedup | ideal 1/r | 1 / FLOPs ratio |" in md
     _check_png(out / f"{prefix}prefill.png")
     return result
