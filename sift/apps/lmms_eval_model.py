@@ -37,10 +37,16 @@ from loguru import logger  # lmms-eval's logger: its --verbosity governs these l
 from sift.apps.evaluate import generate_reply, load_model, make_compressor, prepare_prompt
 from sift.apps.runtime import resolve_device, resolve_dtype
 
-__all__ = ["SiftOmni", "manifests", "MODEL_ID"]
+__all__ = ["SiftOmni", "manifests", "MODEL_ID", "STOCK_ONLY_ARGS"]
 
 #: The lmms-eval model name; ``sift_qwen3_omni`` is an alias (the family comes from ``pretrained``).
 MODEL_ID = "sift_qwen2_5_omni"
+
+
+#: The stock ``qwen2_5_omni`` model_args accepted and ignored: sift places the thinker on ``device`` (no
+#: ``device_map``), always decodes with PyAV (no custom loader, ``frame_size`` instead of ``max_image_size``) and
+#: generates with the KV cache.
+STOCK_ONLY_ARGS = ("device_map", "use_cache", "use_custom_video_loader", "max_image_size")
 
 
 def manifests() -> list[ModelManifest]:
@@ -74,8 +80,9 @@ class SiftOmni(lmms):
         super().__init__()
         if int(batch_size) != 1:
             raise ValueError(f"{MODEL_ID}: batch_size must be 1 (got {batch_size}); sift batches inside one clip's tokens")
-        method_options.pop("device_map", None)  # the stock model's option; sift places the thinker on `device`
-        method_options.pop("use_cache", None)
+        for name in STOCK_ONLY_ARGS:  # the stock model's options with no meaning here (see STOCK_ONLY_ARGS)
+            if method_options.pop(name, None) is not None:
+                logger.warning(f"{MODEL_ID}: model_args {name} is the stock qwen2_5_omni's and is ignored here")
         self._device = resolve_device(device)
         dtype_ = resolve_dtype(dtype, self._device)
         self.model, self.processor = load_model(pretrained, processor, self._device, dtype_, attn_implementation, seed)

@@ -98,3 +98,17 @@ def test_lmms_task_from_the_cli_and_a_dailyomni_manifest(tmp_path):
 
     config = load_yaml_config(str(folder / "sift_dailyomni.yaml"))
     assert config["task"] == "sift_dailyomni" and callable(config["process_results"])
+
+
+def test_lmms_model_takes_the_stock_model_args_and_refuses_what_it_cannot_do():
+    from sift.apps.lmms_eval_model import SiftOmni, manifests
+
+    (manifest,) = manifests()
+    assert manifest.model_id == "sift_qwen2_5_omni" and "sift_qwen3_omni" in manifest.aliases
+    model = SiftOmni(pretrained="tiny-qwen3", device="cpu", method="random", retention=0.5, device_map="auto",
+                     use_cache=True, max_batch_size=None)  # the stock wrapper's own args are accepted
+    assert type(model.model).__name__ == "Qwen3OmniMoeThinkerForConditionalGeneration" and model.compressor.retention == 0.5
+    with pytest.raises(ValueError, match="batch_size must be 1"):
+        SiftOmni(pretrained="tiny", device="cpu", batch_size=2)
+    with pytest.raises(TypeError, match="random"):  # a method option it does not have: get_compressor's error
+        SiftOmni(pretrained="tiny", device="cpu", method="random", retention=0.5, colour="red")
