@@ -5,11 +5,15 @@ names, paths and conventions of their code hold. Each one is written down here, 
 checked on, and each is exercised by ``tests/core/test_hf_internals.py``, so an upgrade that moves one fails there
 with a message that names it, not somewhere deep in a method.
 
-Supported: transformers 5.20 to 5.24 (the bound in ``pyproject.toml``). Known moves inside that range:
+Supported: transformers 5.23 to 5.24 (the bound in ``pyproject.toml``). Known moves inside that range:
 
 * 5.24 renamed the KV cache keyword and output field from ``past_key_values`` to ``cache`` (the old keyword
   is accepted with a ``FutureWarning`` until 5.40). :data:`CACHE_KWARG` is the name the installed version
   takes; :func:`cache_in` and :func:`cache_out` read either.
+
+Qwen3-Omni (``models/qwen3_omni_moe``) shares the Qwen2.5 names above (the thinker's inputs, ``model.language_model``,
+``model.audio_tower`` and ``model.visual``, the audio attention's call); what it adds is here too: the decoder's
+DeepStack keywords (:data:`DEEPSTACK_KWARGS`) and the MoE load-balancing loss (:func:`load_balancing_loss`).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ __all__ = [
     "with_text_positions",
     "text_positions",
     "rope_deltas",
+    "DEEPSTACK_KWARGS",
+    "load_balancing_loss",
 ]
 
 TRANSFORMERS_VERSION = Version(transformers.__version__)
@@ -165,3 +171,15 @@ def rope_deltas(positions_3d: torch.Tensor, valid: torch.Tensor) -> torch.Tensor
     low = torch.iinfo(positions_3d.dtype).min if not positions_3d.is_floating_point() else -1e9
     masked = positions_3d.masked_fill(~valid[None], low)
     return (masked.amax(dim=(0, 2)) + 1 - valid.sum(1)).unsqueeze(1)
+
+
+#: Qwen3-Omni's decoder inputs besides embeddings, mask and positions: the (B, L) mask of visual tokens and one
+#: tensor of rows per DeepStack level (``Qwen3OmniMoeThinkerTextModel.forward``).
+DEEPSTACK_KWARGS = ("visual_pos_masks", "deepstack_visual_embeds")
+
+
+def load_balancing_loss(router_logits: Any, num_experts: int, top_k: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """Qwen3-Omni's MoE load-balancing loss (Switch Transformer), transformers' own ``load_balancing_loss_func``."""
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import load_balancing_loss_func
+
+    return load_balancing_loss_func(router_logits, num_experts, top_k, attention_mask)

@@ -21,8 +21,8 @@ import torch
 
 from torch import nn
 from transformers import Qwen3OmniMoeForConditionalGeneration, Qwen3OmniMoeThinkerForConditionalGeneration
-from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import load_balancing_loss_func
 
+from sift import hf_internals as hf
 from sift.layout import LAYOUT_KEYS, Interleaving, TokenLayout, build_layout
 from sift.models.base import register_adapter
 from sift.models.qwen2_5_omni import Qwen25OmniAdapter
@@ -73,10 +73,11 @@ class Qwen3OmniAdapter(Qwen25OmniAdapter):
 
     def shrink_decoder_extras(self, kwargs: dict[str, Any], keep: torch.Tensor, slots: Slots, length: int) -> None:
         """The DeepStack rows of dropped visual tokens go with them (`sift.sequence.shrink_visual_rows`)."""
-        if kwargs.get("visual_pos_masks") is None or kwargs.get("deepstack_visual_embeds") is None:
+        mask_key, rows_key = hf.DEEPSTACK_KWARGS
+        if kwargs.get(mask_key) is None or kwargs.get(rows_key) is None:
             return
-        mask, levels = shrink_visual_rows(kwargs["visual_pos_masks"], list(kwargs["deepstack_visual_embeds"]), keep, slots, length)
-        kwargs.update(visual_pos_masks=mask, deepstack_visual_embeds=levels)
+        mask, levels = shrink_visual_rows(kwargs[mask_key], list(kwargs[rows_key]), keep, slots, length)
+        kwargs.update({mask_key: mask, rows_key: levels})
 
     def defer_router_loss(self, kwargs: dict[str, Any], config: Any) -> bool:
         wanted = kwargs.get("output_router_logits")
@@ -89,7 +90,7 @@ class Qwen3OmniAdapter(Qwen25OmniAdapter):
     def router_loss(self, thinker: nn.Module, output: Any, kept_mask: torch.Tensor, with_labels: bool) -> None:
         """The stock formula (Switch Transformer, transformers' ``load_balancing_loss_func``) over the kept tokens."""
         text = thinker.config.get_text_config()
-        aux = load_balancing_loss_func(output.router_logits, text.num_experts, text.num_experts_per_tok, kept_mask)
+        aux = hf.load_balancing_loss(output.router_logits, text.num_experts, text.num_experts_per_tok, kept_mask)
         output.aux_loss = aux
         if with_labels and output.loss is not None:
             output.loss = output.loss + text.router_aux_loss_coef * aux.to(output.loss.device)

@@ -169,3 +169,15 @@ def test_audio_tower_and_attention_call_arguments(thinker, synth_inputs):
     cu = torch.as_tensor(got["cu"]).reshape(-1)
     assert got["hidden"].ndim == 2 and int(cu[0]) == 0 and int(cu[-1]) == got["hidden"].shape[0]
     assert got["vision"]
+
+
+def test_qwen3_omni_internals_hold():
+    """The Qwen3-Omni decoder takes the DeepStack keywords, and its thinker's seam has Qwen2.5's names."""
+    from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
+    from transformers.models.qwen3_omni_moe.modeling_qwen3_omni_moe import Qwen3OmniMoeThinkerTextModel
+
+    assert set(hf.DEEPSTACK_KWARGS) <= set(inspect.signature(Qwen3OmniMoeThinkerTextModel.forward).parameters)
+    params = set(inspect.signature(Qwen3OmniMoeThinkerForConditionalGeneration.forward).parameters)
+    assert hf.CACHE_KWARG in params and set(hf.MEDIA_INPUT_KEYS) <= params and set(hf.THINKER_INPUT_KEYS) <= params
+    logits = (torch.randn(6, 4),)
+    assert float(hf.load_balancing_loss(logits, 4, 2, torch.ones(1, 6))) > 0
