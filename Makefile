@@ -54,6 +54,7 @@ STACKS := .ci-stack
 TF_LOWEST = $(shell sed -n 's/.*"transformers>=\([0-9.]*\),.*/\1/p' pyproject.toml)
 LOWEST_TESTS ?= tests/core/test_hf_internals.py tests/core/test_plugin.py tests/core/test_end_to_end.py tests/core/test_methods.py \
 	tests/core/test_models.py tests/core/test_qwen3_deepstack.py tests/core/test_qwen3_layout.py tests/core/test_qwen3_plugin.py \
+	tests/core/test_qwen3_end_to_end.py \
 	tests/testbed/test_tiny_qwen3.py tests/apps/test_eval_bench.py
 test-lowest: $(STAMP)
 	rm -rf $(STACKS)/lowest && mkdir -p $(STACKS)
