@@ -12,7 +12,8 @@ query-aware allocation to match it; if it keeps the lead, the within-frame rule 
         --out benchmarks/results/query_allocation_synthav_v2
 
 `sift eval` runs every method (the same greedy replies, letter extraction and per-category accuracy); this script
-only registers the variant and writes the table. Nothing asserts.
+only registers the variants and writes the table. ``omniselect-noquery-stvp`` is the question-blind variant with
+STVP's within-frame ranking instead of self-similarity: it separates the rule from the allocation. Nothing asserts.
 """
 
 from __future__ import annotations
@@ -24,15 +25,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
+
 if __package__ in (None, ""):  # run as a script from a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sift.apps.evaluate import run_eval  # noqa: E402
 from sift.compressors import CompressionBatch, register, unregister  # noqa: E402
 from sift.compressors.omniselect import OmniSelect  # noqa: E402
+from sift.budget import video_frame_budgets  # noqa: E402
+from sift.layout import Window  # noqa: E402
+from sift.picks import top_positions  # noqa: E402
+from sift.saliency import frame_saliency  # noqa: E402
 
 VARIANT = "omniselect-noquery"
-METHODS = ("stvp", "omniselect", VARIANT, "omnisift")
+STVP_VARIANT = "omniselect-noquery-stvp"
+METHODS = ("stvp", "omniselect", VARIANT, STVP_VARIANT, "omnisift")
 
 
 @dataclass
@@ -44,6 +52,23 @@ class NoQueryOmniSelect(OmniSelect):
     def decide(self, batch: CompressionBatch, b: int) -> tuple[str, Any]:
         decision, _ = super().decide(batch, b)
         return ("none" if decision == "none" else "uniform"), None
+
+
+@dataclass
+class NoQuerySTVPRanking(NoQueryOmniSelect):
+    """The question-blind variant with STVP's within-frame ranking instead of self-similarity: isolates the rule."""
+
+    name: ClassVar[str] = STVP_VARIANT
+
+    def _select_video(self, embeds: torch.Tensor, windows: list[Window], keep_v: int, rel: Any) -> list[torch.Tensor]:
+        if keep_v >= sum(w.num_video for w in windows):
+            return [w.video for w in windows if w.num_video]
+        out = []
+        for w, counts in zip(windows, video_frame_budgets(windows, keep_v, None)):
+            for frame, k, score in zip(w.frames, counts, frame_saliency(embeds, w)):
+                if k:
+                    out.append(top_positions(frame.positions, score, k))
+        return out
 
 
 def table(result: dict[str, Any], title: str) -> str:
@@ -77,12 +102,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-out", default="runs/query-allocation", help="sift eval's own output folder")
     args = parser.parse_args(argv)
     register(VARIANT)(NoQueryOmniSelect)
+    register(STVP_VARIANT)(NoQuerySTVPRanking)
     try:
         result = run_eval(manifest=args.manifest, model=args.model, selector=args.selector, methods=list(METHODS),
                           retentions=args.retentions, max_new_tokens=args.max_new_tokens, out=args.eval_out,
                           overwrite=True, quiet=True)
     finally:
         unregister(VARIANT)
+        unregister(STVP_VARIANT)
     result["command"] = " ".join(["python benchmarks/query_allocation.py", *(sys.argv[1:] if argv is None else argv)])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps({k: result[k] for k in ("command", "results")}, indent=2) + "\n")

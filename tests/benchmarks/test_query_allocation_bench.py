@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 import sift
 from sift.budget import keep_count
@@ -22,11 +23,15 @@ def query_allocation(benchmark_script):
 def test_the_variant_ignores_the_question_and_keeps_the_budget(query_allocation, thinker, synth_inputs):
     aware = sift.get_compressor("omniselect", retention=0.2)
     blind = query_allocation.NoQueryOmniSelect(retention=0.2)
-    for comp in (aware, blind):
+    blind_stvp = query_allocation.NoQuerySTVPRanking(retention=0.2)
+    kept = []
+    for comp in (aware, blind, blind_stvp):
         with sift.compress(thinker, comp) as session:
             thinker(**synth_inputs)
         s = session.stats
         assert s.audio_after[0] + s.video_after[0] == keep_count(s.audio_before[0] + s.video_before[0], 0.2)
+        kept.append(s.kept_positions[0])
+    assert kept[1].numel() == kept[2].numel() and not torch.equal(kept[1], kept[2])  # same budgets, other video rule
     assert blind.last_decisions == ["uniform"] and blind.last_relevance == [None]
     assert aware.last_relevance[0] is not None  # the stock one did read the question
 
@@ -43,3 +48,4 @@ def test_the_script_writes_its_table_and_unregisters_the_variant(query_allocatio
     md = (tmp_path / "out.md").read_text()
     assert all(f"| {m} | " in md for m in query_allocation.METHODS)
     assert query_allocation.VARIANT not in sift.available_compressors()
+    assert query_allocation.STVP_VARIANT not in sift.available_compressors()
