@@ -168,14 +168,14 @@ def build_input(seconds: int) -> dict[str, Any]:
         video_grid_thw=grid,
         video_second_per_grid=torch.tensor([second_per_grid]),
         audio_feature_lengths=torch.tensor([feature_length_for(n_audio)]),
+        use_audio_in_video=True,
         n_audio=n_audio,
     )
 
 
 def build_qwen3_input(seconds: int) -> dict[str, Any]:
-    """The Qwen3-Omni-30B-A3B input of `seconds`, its (3, 1, L) float positions and layout reader."""
+    """The Qwen3-Omni-30B-A3B input of `seconds` (the keys `build_input` gives) and its (3, 1, L) float positions."""
     from sift.apps.bench import qwen3_synthetic_inputs
-    from sift.models.qwen3_omni import read_qwen3_layout
     from sift.testbed.tiny_qwen3 import tiny_qwen3_processor, tiny_qwen3_thinker, tiny_qwen3_thinker_config
 
     if seconds < 2 or seconds % 2:
@@ -192,12 +192,8 @@ def build_qwen3_input(seconds: int) -> dict[str, Any]:
     ids = inputs["input_ids"]
     return dict(
         config=config, input_ids=ids, attention_mask=inputs["attention_mask"], video_grid_thw=inputs["video_grid_thw"],
-        video_second_per_grid=inputs["video_second_per_grid"], audio_feature_lengths=lengths,
+        video_second_per_grid=inputs["video_second_per_grid"], audio_feature_lengths=lengths, use_audio_in_video=True,
         n_audio=int((ids == config.audio_token_id).sum()), positions=positions, positions_source="get_rope_index (qwen3)",
-        read_layout=lambda: read_qwen3_layout(
-            dict(input_ids=ids, attention_mask=inputs["attention_mask"], video_grid_thw=inputs["video_grid_thw"],
-                 video_second_per_grid=inputs["video_second_per_grid"], feature_attention_mask=inputs["feature_attention_mask"],
-                 use_audio_in_video=True), config),
     )
 
 
@@ -415,7 +411,7 @@ def markdown(result: dict[str, Any]) -> str:
         f"Input: {inp['seconds']} s of video with audio at 2 fps, grid_thw {inp['video_grid_thw']}, "
         f"{inp['video_tokens']} video + {inp['audio_tokens']} audio tokens, sequence length {inp['seq_len']}, "
         f"embeddings (1, {inp['seq_len']}, {inp['hidden']}) {inp['dtype']}, random; audio saliency random positive.",
-        f"Layout parse (`{'read_qwen3_layout' if result.get('model') == 'qwen3-30b-a3b' else 'sift.build_layout'}`): "
+        f"Layout parse (`sift.layout_of`: {'read_qwen3_layout' if result.get('model') == 'qwen3-30b-a3b' else 'build_layout'}): "
         f"{result['layout_ms']:.1f} ms (median of {result['repeats']}).",
         "",
         (f"Estimated Qwen2.5-Omni-7B LLM prefill on all {inp['seq_len']} tokens: **{est['prefill_s']:.2f} s** "
@@ -600,20 +596,13 @@ def build_bench(args: argparse.Namespace, device: torch.device, dtype: torch.dty
     """The input of --seconds, its layout (timed) and the selection inputs."""
     if args.model == "qwen3-30b-a3b":
         inp = build_qwen3_input(args.seconds)
-        ids, positions, read = inp["input_ids"], inp["positions"], inp["read_layout"]
+        positions = inp["positions"]
     else:
         inp = build_input(args.seconds)
-        ids = inp["input_ids"]
         positions, inp["positions_source"] = rope_positions(inp)
-        layout_kwargs = dict(
-            attention_mask=inp["attention_mask"],
-            video_grid_thw=inp["video_grid_thw"],
-            video_second_per_grid=inp["video_second_per_grid"],
-            audio_feature_lengths=inp["audio_feature_lengths"],
-            use_audio_in_video=True,
-        )
-        read = lambda: sift.build_layout(ids, inp["config"], **layout_kwargs)  # noqa: E731
-    layout_times, layout = time_call(read, torch.device("cpu"), args.repeats)
+    ids = inp["input_ids"]
+    # the family's own reader (`read_qwen3_layout` or `build_layout`), as the plug-in calls it
+    layout_times, layout = time_call(lambda: sift.layout_of(inp, inp["config"]), torch.device("cpu"), args.repeats)
     g = torch.Generator(device="cpu").manual_seed(0)
     embeds = torch.randn(1, ids.shape[1], args.hidden, generator=g).to(device=device, dtype=dtype)
     saliency = [(torch.rand(inp["n_audio"], generator=g) + 1e-3).to(device)]

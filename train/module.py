@@ -45,7 +45,7 @@ import sift
 from sift.compressors.omnisift import OmniSIFT
 from sift.manifest import extract_letter
 from sift.models import adapter_for, load_thinker, thinker_config_of
-from sift.testbed.catalog import TINY_MODELS
+from sift.testbed.catalog import TINY_MODELS, tiny_config_named, tiny_model_named
 from sift.selector import OmniSIFTSelector
 from train.importance import gate_importance, ranking_loss, selection_groups
 
@@ -188,14 +188,8 @@ class SelectorModule(L.LightningModule):
 
     # ------------------------------------------------------------------ building
     def _thinker_config(self) -> Any:
-        if self.hparams.model == "tiny":
-            from sift.testbed.tiny import tiny_thinker_config
-
-            return tiny_thinker_config(attn_implementation=self.hparams.attn_implementation)
-        if self.hparams.model == "tiny-qwen3":
-            from sift.testbed.tiny_qwen3 import tiny_qwen3_thinker_config
-
-            return tiny_qwen3_thinker_config(attn_implementation=self.hparams.attn_implementation)
+        if self.hparams.model in TINY_MODELS:
+            return tiny_config_named(self.hparams.model, attn=self.hparams.attn_implementation)
         from transformers import AutoConfig
 
         return thinker_config_of(AutoConfig.from_pretrained(self.hparams.model))
@@ -224,19 +218,9 @@ class SelectorModule(L.LightningModule):
         if self.model is not None:
             return
         dtype = DTYPES[self.hparams.dtype]
-        if self.hparams.model == "tiny":
-            from sift.testbed.tiny import tiny_thinker
-
-            model = tiny_thinker(
-                self._thinker_config(),
-                seed=self.hparams.model_seed,
-                attn_implementation=self.hparams.attn_implementation,
-                dtype=dtype,
-            )
-        elif self.hparams.model == "tiny-qwen3":
-            from sift.testbed.tiny_qwen3 import tiny_qwen3_thinker
-
-            model = tiny_qwen3_thinker(self._thinker_config(), seed=self.hparams.model_seed, dtype=dtype)
+        if self.hparams.model in TINY_MODELS:
+            model = tiny_model_named(self.hparams.model, self._thinker_config(), seed=self.hparams.model_seed,
+                                     attn=self.hparams.attn_implementation, dtype=dtype)
         else:
             with self._hf_zero3_context():
                 model = load_thinker(self.hparams.model, dtype=dtype, attn_implementation=self.hparams.attn_implementation)

@@ -288,12 +288,12 @@ def _build(args: Any, device: torch.device, dtype: torch.dtype) -> tuple[Any, An
             processor = Qwen2_5OmniProcessor.from_pretrained(args.processor or args.model)
         desc = dict(model=args.model, layers_built=model.config.get_text_config().num_hidden_layers, encoders="checkpoint")
         return model, processor, model.config, desc
-    tok = tiny_tokenizer()
-    processor = tiny_processor(tok)
     if args.processor not in (None, "tiny"):
         raise UsageError("--random-init uses sift.testbed.tiny's processor (its token ids); drop --processor")
     if args.random_init == "qwen3-30b-a3b":
         return _build_qwen3(args, device, dtype)
+    tok = tiny_tokenizer()
+    processor = tiny_processor(tok)
     if args.random_init == "tiny":
         if args.layers is not None or args.vocab_size is not None or args.encoders == "real":
             raise UsageError("--layers / --vocab-size / --encoders real apply to --random-init 7b|3b only")

@@ -163,14 +163,15 @@ def load_model(model: str, processor: str | None, device: torch.device, dtype: t
     from transformers import AutoProcessor
 
     from sift.models import load_thinker
-    from sift.testbed.catalog import TINY_MODELS, tiny_model_named, tiny_processor_named
+    from sift.testbed.catalog import tiny_config_named, tiny_model_named, tiny_processor_named
 
     proc_name = processor if processor is not None else model
     proc = tiny_processor_named(proc_name) if proc_name in TINY_MODELS else AutoProcessor.from_pretrained(proc_name)
     if model in TINY_MODELS:
         if proc_name != model:
             raise UsageError(f"--model {model} needs its own tiny processor (its token ids); drop --processor")
-        thinker = tiny_model_named(model, proc, seed=seed, attn=attn, dtype=dtype)
+        config = tiny_config_named(model, proc.tokenizer, attn=attn)
+        thinker = tiny_model_named(model, config, seed=seed, attn=attn, dtype=dtype)
     else:
         thinker = load_thinker(model, dtype=dtype, attn_implementation=attn)
     thinker = thinker.to(device).eval()

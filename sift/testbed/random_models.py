@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from sift.flops import SIZES
+from sift.models import adapter_for_config
 from sift.testbed.tiny import tiny_thinker_config
 
 __all__ = ["omni_thinker_config", "qwen3_thinker_config", "random_thinker"]
@@ -106,9 +107,7 @@ def random_thinker(
     Weights are transformers' own initialisation under ``seed`` (timing does not depend on their values);
     building on the target device in the target dtype avoids a full-size float32 copy on the host.
     """
-    from transformers import Qwen2_5OmniThinkerForConditionalGeneration, Qwen3OmniMoeThinkerConfig, Qwen3OmniMoeThinkerForConditionalGeneration
-
-    cls = Qwen3OmniMoeThinkerForConditionalGeneration if isinstance(config, Qwen3OmniMoeThinkerConfig) else Qwen2_5OmniThinkerForConditionalGeneration
+    cls = adapter_for_config(config).thinker_classes[0]
     previous = torch.get_default_dtype()
     with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)

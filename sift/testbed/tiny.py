@@ -44,6 +44,7 @@ __all__ = [
     "tiny_thinker",
     "tiny_vocab_size",
     "tiny_mrope_section",
+    "tiny_feature_extractor",
     "tiny_processor",
     "omni_inputs",
 ]
@@ -303,6 +304,11 @@ def tiny_thinker(
     return model.eval()
 
 
+def tiny_feature_extractor() -> WhisperFeatureExtractor:
+    """The tiny processors' audio front end: Whisper 128-mel features at 16 kHz (the real models' own), 300 s cap."""
+    return WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=300, n_fft=400)
+
+
 def tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen2_5OmniProcessor:
     """A :class:`Qwen2_5OmniProcessor` from locally constructed components (no hub access).
 
@@ -312,9 +318,7 @@ def tiny_processor(tokenizer: PreTrainedTokenizerFast | None = None) -> Qwen2_5O
     """
     tok = tokenizer if tokenizer is not None else tiny_tokenizer()
     size = {"shortest_edge": MIN_PIXELS, "longest_edge": MAX_PIXELS}
-    feature_extractor = WhisperFeatureExtractor(
-        feature_size=128, sampling_rate=16000, hop_length=160, chunk_length=300, n_fft=400
-    )
+    feature_extractor = tiny_feature_extractor()
     image_processor = Qwen2VLImageProcessor(
         size=dict(size), patch_size=PATCH_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE, merge_size=MERGE_SIZE
     )

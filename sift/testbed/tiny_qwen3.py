@@ -28,7 +28,7 @@ import torch
 
 from sift.layout import grid_interleaving
 from sift.models.qwen3_omni import qwen3_audio_tokens
-from sift.testbed.tiny import SPECIAL_TOKENS, tiny_mrope_section, tiny_processor, tiny_tokenizer, tiny_vocab_size
+from sift.testbed.tiny import SPECIAL_TOKENS, tiny_feature_extractor, tiny_mrope_section, tiny_tokenizer, tiny_vocab_size
 
 __all__ = [
     "QWEN3_POSITIONS_PER_SECOND",
@@ -69,19 +69,19 @@ def tiny_qwen3_processor(tokenizer: Any = None) -> Any:
     """The REAL ``Qwen3OmniMoeProcessor`` from offline components: Whisper 128-mel features, patch-16 video.
 
     Its audio-in-video interleaving, its 13 positions per second and its ``video_second_per_grid`` are the real
-    processor's own; only the pixel budget is tiny: 64x64 to 128x128 pixels, so a 112x112 frame becomes 8x8
+    processor's own; the audio front end is tiny-omni's (:func:`sift.testbed.tiny.tiny_feature_extractor`), and only
+    the pixel budget is tiny: 64x64 to 128x128 pixels, so a 112x112 frame becomes 8x8
     patches, 16 LLM tokens per temporal grid, as on tiny-omni.
     """
     from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, Qwen3OmniMoeProcessor
 
     tok = tokenizer if tokenizer is not None else tiny_qwen3_tokenizer()
-    base = tiny_processor(tok)
     size = {"shortest_edge": 64 * 64, "longest_edge": 128 * 128}
     return Qwen3OmniMoeProcessor(
         image_processor=Qwen2VLImageProcessor(size=dict(size), patch_size=QWEN3_PATCH_SIZE, temporal_patch_size=2, merge_size=2),
         video_processor=Qwen2VLVideoProcessor(size=dict(size), patch_size=QWEN3_PATCH_SIZE, temporal_patch_size=2,
                                               merge_size=2, cap_pixels_per_frame=True),
-        feature_extractor=base.feature_extractor,
+        feature_extractor=tiny_feature_extractor(),
         tokenizer=tok,
         chat_template=tok.chat_template,
     )
