@@ -13,7 +13,9 @@
 #
 # A variant is MODE-LR plus optional +flags: +rankW (importance_weight W; without it the config's value
 # holds), +noguide (selector without visual guidance: audio scored from audio alone), +nores (video by the
-# parameter-free STVP, no learned residual).
+# parameter-free STVP, no learned residual), +spatial (video_base "spatial": the residual sits on spatial
+# saliency of every frame instead of STVP's temporal rule). "untrained" with flags (e.g. untrained+spatial)
+# evaluates a fresh selector with those selector flags, once: the baseline of the trained ones.
 # v1: about 4 min (mask) / 1.5 min (shrink) of training and 1.5 min of eval per run, plus 8 min for the
 # training-free methods, on 2 CPU cores with nothing else running; v2's sequences are about twice as long.
 set -euo pipefail
@@ -38,6 +40,20 @@ for variant in $VARIANTS; do
     IFS=+ read -r base flags <<< "$variant"
     mode=${base%%-*}
     lr=${base#*-}
+    if [ "$base" = untrained ]; then
+        kwargs=""
+        for flag in ${flags//+/ }; do
+            case $flag in
+                spatial) kwargs+="video_base='spatial', " ;;
+                noguide) kwargs+="visual_guidance=False, " ;;
+                nores) kwargs+="stvp_residual=False, " ;;
+                *) echo "unknown untrained flag '$flag' in $variant (noguide, nores, spatial)" >&2; exit 2 ;;
+            esac
+        done
+        $PY -c "from transformers import AutoConfig; import sift; sift.OmniSIFTSelector.from_config(AutoConfig.from_pretrained('$MODEL'), $kwargs).save_pretrained('$ROOT/selectors/$variant')"
+        $EVAL --methods omnisift --selector "$ROOT/selectors/$variant" --out "$ROOT/eval/$variant"
+        continue
+    fi
     edits=(-e "s#runs/selector/run#$ROOT/$variant-seedSEED#g; s#runs/selector/synthav#$ROOT/synthav#"
            -e "s#^  train_mode: .*#  train_mode: $mode#; s#^  lr: .*#  lr: $lr#")
     for flag in ${flags//+/ }; do
@@ -45,7 +61,8 @@ for variant in $VARIANTS; do
             rank*) edits+=(-e "s#^  importance_weight: .*#  importance_weight: ${flag#rank}#") ;;
             noguide) edits+=(-e "s#^    init: omnizip\$#&\n    visual_guidance: false#") ;;
             nores) edits+=(-e "s#^    init: omnizip\$#&\n    stvp_residual: false#") ;;
-            *) echo "unknown variant flag '$flag' in $variant (rankW, noguide, nores)" >&2; exit 2 ;;
+            spatial) edits+=(-e "s#^    init: omnizip\$#&\n    video_base: spatial#") ;;
+            *) echo "unknown variant flag '$flag' in $variant (rankW, noguide, nores, spatial)" >&2; exit 2 ;;
         esac
     done
     for seed in $SEEDS; do

@@ -3,7 +3,8 @@
 Why: a trained selector's accuracy moves by a few points between training seeds on a 180-question test;
 only the mean over seeds, next to the training-free methods on the same held-out questions, says whether
 training helped. Reads `<root>/free/results.json` (training-free methods and the untrained selector) and
-`<root>/<variant>-seed<N>/results.json` (one trained selector each); writes `<out>.md`, `<out>.json`,
+`<root>/<variant>-seed<N>/results.json` (one trained selector each) and `<root>/untrained+<flags>/results.json`
+(a fresh selector with other selector flags); writes `<out>.md`, `<out>.json`,
 `<out>.png`.
 
     python benchmarks/selector_training_table.py runs/selector/eval benchmarks/results/selector_training_synthav
@@ -37,6 +38,10 @@ def collect(root: Path) -> tuple[dict[str, dict[float, list[float]]], list[float
     for method, by_r in free.items():
         for r, acc in by_r.items():
             table[FREE_LABELS.get(method, method)][r].append(acc)
+    for path in sorted(root.glob("untrained+*/results.json")):  # fresh selectors with other flags
+        flags = path.parent.name.split("+", 1)[1]
+        for r, acc in _accuracies(path)["omnisift"].items():
+            table[f"untrained selector (+{flags})"][r].append(acc)
     for path in sorted(root.glob("*-seed*/results.json")):
         variant = re.sub(r"-seed\d+$", "", path.parent.name)
         for r, acc in _accuracies(path)["omnisift"].items():

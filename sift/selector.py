@@ -29,7 +29,7 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from sift.models import thinker_config_of
 
-__all__ = ["OmniSIFTConfig", "OmniSIFTSelector", "VGAS", "LearnableSTVP", "PUBLISHED_PREFIX"]
+__all__ = ["OmniSIFTConfig", "OmniSIFTSelector", "VGAS", "LearnableSTVP", "PUBLISHED_PREFIX", "VIDEO_BASES"]
 
 #: Where the published OmniSIFT-7B checkpoint keeps the selector's weights.
 PUBLISHED_PREFIX = "thinker.compressor."
@@ -40,6 +40,9 @@ _HUB_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?/[A-Za-z0-9](?:[\w.-]*[
 
 #: The thinker config ``model_type`` of Qwen2.5-Omni: what every selector before `OmniSIFTConfig.base_model` read.
 QWEN25_THINKER = "qwen2_5_omni_thinker"
+
+#: The parameter-free video scores a selector's residual can sit on (`OmniSIFTConfig.video_base`).
+VIDEO_BASES = ("temporal", "spatial")
 
 
 class OmniSIFTConfig(PretrainedConfig):
@@ -63,6 +66,11 @@ class OmniSIFTConfig(PretrainedConfig):
         visual_guidance: False scores audio from the audio alone (VGAS attends to no video; the paper's
             "without visual guidance" ablation).
         stvp_residual: False keeps video selection the parameter-free STVP (no learned residual; ablation).
+        video_base: the parameter-free score the residual is added to. "temporal" is the paper's STVP (spatial
+            saliency on a window's first frame, change from the previous frame on the others); "spatial" scores
+            every frame by spatial saliency alone. Why both: under camera motion every cell changes between
+            frames, so the temporal rule ranks background over the object (SynthAV v2's panning backgrounds);
+            checkpoints written before the option existed used "temporal".
         rho_audio / rho_video: the selector's own operating point as prune ratios (fraction dropped per
             window / per frame), used when the compressor gets no retention; `from_published` sets the
             reference's 0.3 / 0.7. None: a retention must be given.
@@ -89,6 +97,7 @@ class OmniSIFTConfig(PretrainedConfig):
         visual_guidance: bool = True,
         stvp_residual: bool = True,
         base_model: str = QWEN25_THINKER,
+        video_base: str = "temporal",
         **kwargs: Any,
     ):
         if init not in ("omnizip", "random"):
@@ -100,6 +109,8 @@ class OmniSIFTConfig(PretrainedConfig):
             raise ValueError(f"ste_temperature must be > 0, got {ste_temperature}")
         if audio_topk not in ("clip", "chunk"):
             raise ValueError(f"audio_topk must be 'clip' or 'chunk', got {audio_topk!r}")
+        if video_base not in VIDEO_BASES:
+            raise ValueError(f"video_base must be one of {', '.join(map(repr, VIDEO_BASES))}, got {video_base!r}")
         if (rho_audio is None) != (rho_video is None) or any(
             r is not None and not 0.0 <= r < 1.0 for r in (rho_audio, rho_video)
         ):
@@ -121,6 +132,7 @@ class OmniSIFTConfig(PretrainedConfig):
         self.rho_video = rho_video
         self.visual_guidance = bool(visual_guidance)
         self.stvp_residual = bool(stvp_residual)
+        self.video_base = video_base
         super().__init__(**kwargs)
 
 

@@ -1,6 +1,7 @@
 """`omnisift`: the learned OmniSIFT selector (learnable STVP, then VGAS) as a compressor.
 
-Video first: each frame keeps its top tokens by STVP saliency plus the learned residual. Then audio: VGAS
+Video first: each frame keeps its top tokens by STVP saliency (or, with the selector's
+`video_base="spatial"`, spatial saliency alone) plus the learned residual. Then audio: VGAS
 scores each window's audio tokens against the window's KEPT video tokens, and keeps the top ones either
 per audio clip (`audio_topk="clip"`, OmniZip's clip-level allocation, sift's default for the selectors it
 trains) or per 2 s window (`audio_topk="chunk"`, the published OmniSIFT's rule).
@@ -142,6 +143,7 @@ class OmniSIFT(Compressor):
         emb = batch.embeds[b]
         dev = emb.device
         kept: dict[int, torch.Tensor] = {}
+        temporal_base = self.selector.config.video_base == "temporal"
         for w, budgets in zip(row.windows, frame_budgets):
             previous = None
             parts = []
@@ -149,12 +151,12 @@ class OmniSIFT(Compressor):
                 pos = frame.positions.to(dev)
                 tokens = emb[pos].float()
                 spatial = spatial_saliency(tokens)
-                if same_cells(previous, frame):
+                aligned = same_cells(previous, frame)
+                if aligned:
                     temporal = temporal_saliency(tokens, emb[previous.positions.to(dev)].float())
-                    base = temporal
                 else:
                     temporal = torch.zeros_like(spatial)
-                    base = spatial
+                base = temporal if aligned and temporal_base else spatial
                 score = self.selector.video_scores(tokens, spatial, temporal, base)
                 hard, g = self._gate(score, k, training)
                 keep[b, pos[hard]] = True

@@ -150,3 +150,35 @@ def test_budget_errors(thinker, published):
         OmniSIFTConfig(audio_topk="window")
     with pytest.raises(ValueError, match="rho_audio/rho_video"):
         OmniSIFTConfig(rho_audio=0.3)
+
+
+def _video_kept(thinker, inputs, layout, selector) -> set[int]:
+    comp = OmniSIFT(selector=selector, rho_audio=0.5, rho_video=0.6)
+    with torch.no_grad(), sift.compress(thinker, comp) as session:
+        thinker(**inputs)
+    video = {p for w in layout.rows[0].windows for f in w.frames for p in f.positions.tolist()}
+    return _kept_media(session, layout) & video
+
+
+def test_spatial_video_base_ranks_every_frame_by_distance_to_its_own_mean(thinker, synth_inputs):
+    """video_base="spatial" (sift's option for moving cameras): no frame is scored by change over time."""
+    layout = sift.layout_of(synth_inputs, thinker.config)
+    emb = _full_embeds(thinker, synth_inputs)
+    expected = set()
+    for w in layout.rows[0].windows:
+        for frame in w.frames:
+            tokens = emb[frame.positions]
+            distance = 1 - F.cosine_similarity(tokens, tokens.mean(0, keepdim=True), dim=-1)
+            n = frame.num_tokens
+            expected |= set(frame.positions[distance.topk(n - int(n * 0.6)).indices].tolist())
+    spatial = _video_kept(thinker, synth_inputs, layout, OmniSIFTSelector.from_config(thinker.config, video_base="spatial"))
+    temporal = _video_kept(thinker, synth_inputs, layout, OmniSIFTSelector.from_config(thinker.config))
+    assert spatial == expected
+    assert temporal != expected  # the default is the paper's temporal rule on second frames
+
+
+def test_video_base_defaults_to_the_papers_rule_and_rejects_unknown_names():
+    legacy = OmniSIFTConfig.from_dict({k: v for k, v in OmniSIFTConfig(hidden_size=8).to_dict().items() if k != "video_base"})
+    assert legacy.video_base == "temporal"
+    with pytest.raises(ValueError, match="video_base must be one of 'temporal', 'spatial', got 'motion'"):
+        OmniSIFTConfig(hidden_size=8, video_base="motion")
