@@ -13,11 +13,16 @@
 #
 # A variant is MODE-LR plus optional +flags: +rankW (importance_weight W; without it the config's value
 # holds), +noguide (selector without visual guidance: audio scored from audio alone), +nores (video by the
-# parameter-free STVP, no learned residual), +spatial (video_base "spatial": the residual sits on spatial
-# saliency of every frame instead of STVP's temporal rule). "untrained" with flags (e.g. untrained+spatial)
-# evaluates a fresh selector with those selector flags, once: the baseline of the trained ones.
-# v1: about 4 min (mask) / 1.5 min (shrink) of training and 1.5 min of eval per run, plus 8 min for the
-# training-free methods, on 2 CPU cores with nothing else running; v2's sequences are about twice as long.
+# parameter-free STVP, no learned residual), +spatial / +temporal (video_base: the residual sits on spatial
+# saliency of every frame, or on STVP's temporal rule), +chunk / +clip (audio top-k per 2 s window, the
+# published OmniSIFT's rule, or per clip). A flag replaces the config's own setting. "untrained" with flags
+# (e.g. untrained+spatial+chunk) evaluates, once, a fresh selector: the model's defaults (temporal, clip)
+# plus those flags, not the config's selector settings.
+# DRY_RUN=1 writes each run's config ($ROOT/<run>.yaml) and the untrained selectors, and prints the commands
+# it would run (data, training, export, eval) instead of running them: what the tests check.
+# On 2 CPU cores with nothing else running: v1 about 4 min (mask) / 1.5 min (shrink) of training and 1.5 min
+# of eval per run, plus 8 min for the training-free methods; v2 about 13 min (shrink, 150 steps) and 3.5 min
+# per run, plus 6 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -30,53 +35,66 @@ VARIANTS=${VARIANTS:-"mask-3e-4 mask-1e-3 shrink-1e-4"}
 HELDOUT_SEED=${HELDOUT_SEED:-777}
 RETENTIONS="0.05 0.10 0.15 0.25 0.35"
 MODEL=$(sed -n 's#^  model: ##p' "$CONFIG")
-EVAL="$PY -m sift eval --manifest $ROOT/heldout/test.jsonl --model $MODEL --max-new-tokens 2 --retentions $RETENTIONS --quiet --overwrite"
+# Heavy steps go through `heavy`, which only prints them under DRY_RUN.
+heavy() { if [ -n "${DRY_RUN:-}" ]; then echo "+ $*"; else "$@"; fi; }
+EVAL="heavy $PY -m sift eval --manifest $ROOT/heldout/test.jsonl --model $MODEL --max-new-tokens 2 --retentions $RETENTIONS --quiet --overwrite"
 
-$PY -m sift synthav "$ROOT/synthav" --train 300 --version "$SYNTHAV_VERSION"
-$PY -m sift synthav "$ROOT/heldout" --test 60 --seed "$HELDOUT_SEED" --version "$SYNTHAV_VERSION"
+mkdir -p "$ROOT"
+heavy $PY -m sift synthav "$ROOT/synthav" --train 300 --version "$SYNTHAV_VERSION"
+heavy $PY -m sift synthav "$ROOT/heldout" --test 60 --seed "$HELDOUT_SEED" --version "$SYNTHAV_VERSION"
 $PY -c "from transformers import AutoConfig; import sift; sift.OmniSIFTSelector.from_config(AutoConfig.from_pretrained('$MODEL')).save_pretrained('$ROOT/untrained')"
+
+# A selector flag as "key yaml-value python-value" (one place for the YAML edit and the untrained selector).
+selector_option() {
+    case $1 in
+        noguide) echo "visual_guidance false False" ;;
+        nores) echo "stvp_residual false False" ;;
+        spatial) echo "video_base spatial 'spatial'" ;;
+        temporal) echo "video_base temporal 'temporal'" ;;
+        chunk) echo "audio_topk chunk 'chunk'" ;;
+        clip) echo "audio_topk clip 'clip'" ;;
+        *) return 1 ;;
+    esac
+}
 
 for variant in $VARIANTS; do
     IFS=+ read -r base flags <<< "$variant"
     mode=${base%%-*}
     lr=${base#*-}
+    edits=(-e "s#runs/selector/run#$ROOT/$variant-seedSEED#g; s#runs/selector/synthav#$ROOT/synthav#"
+           -e "s#^  train_mode: .*#  train_mode: $mode#; s#^  lr: .*#  lr: $lr#")
+    lines=""  # selector options, inserted after the config's `init: omnizip` in one edit
+    kwargs=""
+    for flag in ${flags//+/ }; do
+        if [[ $flag == rank* && $base != untrained ]]; then
+            edits+=(-e "s#^  importance_weight: .*#  importance_weight: ${flag#rank}#")
+        elif option=$(selector_option "$flag"); then
+            read -r key yaml_value py_value <<< "$option"
+            lines+="\n    $key: $yaml_value"
+            edits+=(-e "/^    $key: /d")  # the config's own setting of it, if any
+            kwargs+="$key=$py_value, "
+        else
+            echo "unknown variant flag '$flag' in $variant (rankW, noguide, nores, spatial, temporal, chunk, clip)" >&2; exit 2
+        fi
+    done
     if [ "$base" = untrained ]; then
-        kwargs=""
-        for flag in ${flags//+/ }; do
-            case $flag in
-                spatial) kwargs+="video_base='spatial', " ;;
-                noguide) kwargs+="visual_guidance=False, " ;;
-                nores) kwargs+="stvp_residual=False, " ;;
-                *) echo "unknown untrained flag '$flag' in $variant (noguide, nores, spatial)" >&2; exit 2 ;;
-            esac
-        done
         $PY -c "from transformers import AutoConfig; import sift; sift.OmniSIFTSelector.from_config(AutoConfig.from_pretrained('$MODEL'), $kwargs).save_pretrained('$ROOT/selectors/$variant')"
         $EVAL --methods omnisift --selector "$ROOT/selectors/$variant" --out "$ROOT/eval/$variant"
         continue
     fi
-    edits=(-e "s#runs/selector/run#$ROOT/$variant-seedSEED#g; s#runs/selector/synthav#$ROOT/synthav#"
-           -e "s#^  train_mode: .*#  train_mode: $mode#; s#^  lr: .*#  lr: $lr#")
-    for flag in ${flags//+/ }; do
-        case $flag in
-            rank*) edits+=(-e "s#^  importance_weight: .*#  importance_weight: ${flag#rank}#") ;;
-            noguide) edits+=(-e "s#^    init: omnizip\$#&\n    visual_guidance: false#") ;;
-            nores) edits+=(-e "s#^    init: omnizip\$#&\n    stvp_residual: false#") ;;
-            spatial) edits+=(-e "s#^    init: omnizip\$#&\n    video_base: spatial#") ;;
-            *) echo "unknown variant flag '$flag' in $variant (rankW, noguide, nores, spatial)" >&2; exit 2 ;;
-        esac
-    done
+    [ -n "$lines" ] && edits+=(-e "s#^    init: omnizip\$#&$lines#")
     for seed in $SEEDS; do
         run="$variant-seed$seed"
         sed "${edits[@]}" -e "s#seedSEED#seed$seed#g; s#^seed_everything: .*#seed_everything: $seed#" "$CONFIG" > "$ROOT/$run.yaml"
         rm -rf "${ROOT:?}/$run"
         start=$SECONDS
-        $PY -m train fit --config "$ROOT/$run.yaml" > "$ROOT/$run.log" 2>&1
+        heavy $PY -m train fit --config "$ROOT/$run.yaml" > "$ROOT/$run.log" 2>&1
         echo "$run: trained in $((SECONDS - start)) s"
-        $PY -m train export "$ROOT/$run/checkpoints/last.ckpt" "$ROOT/selectors/$run" >> "$ROOT/$run.log" 2>&1
+        heavy $PY -m train export "$ROOT/$run/checkpoints/last.ckpt" "$ROOT/selectors/$run" >> "$ROOT/$run.log" 2>&1
         $EVAL --methods omnisift --selector "$ROOT/selectors/$run" --out "$ROOT/eval/$run"
     done
 done
 if [ ! -f "$ROOT/eval/free/results.json" ]; then
     $EVAL --methods none random omnizip stvp dycoke omniselect omnisift --selector "$ROOT/untrained" --out "$ROOT/eval/free"
 fi
-$PY benchmarks/selector_training_table.py "$ROOT/eval" "$OUT" --title "Trained selectors on a held-out SynthAV v$SYNTHAV_VERSION split (accuracy %)"
+heavy $PY benchmarks/selector_training_table.py "$ROOT/eval" "$OUT" --title "Trained selectors on a held-out SynthAV v$SYNTHAV_VERSION split (accuracy %)"

@@ -565,3 +565,33 @@ def test_a_qwen3_omni_training_step_reaches_the_selector_and_never_the_frozen_mo
     assert module.selector.vgas.score_head[2].weight.grad.abs().sum() > 0
     assert module.selector.stvp.mlp[2].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in module.model.parameters())
+
+
+def _dry_run(tmp_path, variants: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DRY_RUN": "1", "PY": sys.executable, "ROOT": str(tmp_path), "SEEDS": "0 1",
+           "CONFIG": "configs/synthav-v2-selector.yaml", "SYNTHAV_VERSION": "2", "VARIANTS": variants,
+           "OUT": str(tmp_path / "table")}
+    return subprocess.run(["bash", str(REPO / "benchmarks" / "selector_training.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_selector_training_benchmark_writes_the_variants_it_names(tmp_path):
+    """Every flag of a variant reaches its run's config (two selector flags once lost one) and untrained baselines."""
+    proc = _dry_run(tmp_path, "shrink-3e-3+rank0.5+temporal+clip untrained+spatial+nores")
+    assert proc.returncode == 0, proc.stderr
+    cfg = _parser().parse_path(str(tmp_path / "shrink-3e-3+rank0.5+temporal+clip-seed1.yaml"))
+    assert cfg.seed_everything == 1 and cfg.model.train_mode == "shrink" and cfg.model.lr == 3e-3
+    assert cfg.model.importance_weight == 0.5
+    assert cfg.model.selector == {"init": "omnizip", "video_base": "temporal", "audio_topk": "clip"}
+    assert cfg.trainer.default_root_dir == f"{tmp_path}/shrink-3e-3+rank0.5+temporal+clip-seed1"
+    log = (tmp_path / "shrink-3e-3+rank0.5+temporal+clip-seed0.log").read_text()  # training's output goes there
+    assert f"-m train fit --config {tmp_path}/shrink-3e-3+rank0.5+temporal+clip-seed0.yaml" in log
+    untrained = OmniSIFTSelector.from_pretrained(tmp_path / "selectors" / "untrained+spatial+nores").config
+    assert untrained.video_base == "spatial" and not untrained.stvp_residual and untrained.audio_topk == "clip"
+    assert "--methods omnisift --selector " + f"{tmp_path}/selectors/untrained+spatial+nores" in proc.stdout
+
+
+def test_selector_training_benchmark_refuses_an_unknown_flag(tmp_path):
+    proc = _dry_run(tmp_path, "shrink-3e-3+spacial")
+    assert proc.returncode == 2
+    assert "unknown variant flag 'spacial' in shrink-3e-3+spacial" in proc.stderr
