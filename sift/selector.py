@@ -6,7 +6,8 @@
   4,856,321 parameters at D = 3584, 3,283,457 at D = 2048.
 - Learnable STVP: the paper's STVP is parameter-free; ours adds a residual scorer on top of its saliency
   (a projection of the token plus its spatial and temporal saliency, through a small MLP whose last layer
-  is zero-initialised), so at initialisation it ranks exactly like the paper's STVP.
+  is zero-initialised), so at initialisation it ranks exactly like its parameter-free base: the paper's
+  STVP, or spatial saliency alone with `video_base="spatial"`.
 - `init="omnizip"` adds OmniZip's audio-encoder saliency as a prior to the VGAS logit (log saliency) with
   VGAS's last layer at zero, so the untrained selector keeps what training-free selection keeps and
   training starts from that baseline; `init="random"` is the ablation (no prior, default init).
