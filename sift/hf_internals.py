@@ -57,7 +57,7 @@ __all__ = [
 
 TRANSFORMERS_VERSION = Version(transformers.__version__)
 #: The range sift is tested on; ``pyproject.toml`` fences the install to it.
-MIN_TRANSFORMERS, MAX_TRANSFORMERS = Version("5.23.0"), Version("5.25.0")
+MIN_TRANSFORMERS, MAX_TRANSFORMERS = Version("5.23.0"), Version("5.26.0")
 
 
 def _cache_kwarg() -> str:
