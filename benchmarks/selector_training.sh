@@ -42,7 +42,11 @@ EVAL="heavy $PY -m sift eval --manifest $ROOT/heldout/test.jsonl --model $MODEL 
 mkdir -p "$ROOT"
 heavy $PY -m sift synthav "$ROOT/synthav" --train 300 --version "$SYNTHAV_VERSION"
 heavy $PY -m sift synthav "$ROOT/heldout" --test 60 --seed "$HELDOUT_SEED" --version "$SYNTHAV_VERSION"
-$PY -c "from transformers import AutoConfig; import sift; sift.OmniSIFTSelector.from_config(AutoConfig.from_pretrained('$MODEL')).save_pretrained('$ROOT/untrained')"
+# A fresh selector for MODEL with OmniSIFTConfig keyword arguments $2 (Python, may be empty), saved to $1.
+fresh_selector() {
+    $PY -c "from transformers import AutoConfig; import sift; sift.OmniSIFTSelector.from_config(AutoConfig.from_pretrained('$MODEL'), $2).save_pretrained('$1')"
+}
+fresh_selector "$ROOT/untrained" ""
 
 # A selector flag as "key yaml-value python-value" (one place for the YAML edit and the untrained selector).
 selector_option() {
@@ -78,7 +82,7 @@ for variant in $VARIANTS; do
         fi
     done
     if [ "$base" = untrained ]; then
-        $PY -c "from transformers import AutoConfig; import sift; sift.OmniSIFTSelector.from_config(AutoConfig.from_pretrained('$MODEL'), $kwargs).save_pretrained('$ROOT/selectors/$variant')"
+        fresh_selector "$ROOT/selectors/$variant" "$kwargs"
         $EVAL --methods omnisift --selector "$ROOT/selectors/$variant" --out "$ROOT/eval/$variant"
         continue
     fi
