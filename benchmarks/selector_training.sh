@@ -11,13 +11,17 @@
 #     OUT=benchmarks/results/selector_training_synthav_v2 VARIANTS="mask-3e-4+rank0 mask-3e-4+rank1" \
 #     benchmarks/selector_training.sh
 #
-# A variant is MODE-LR plus optional +flags: +rankW (importance_weight W; without it the config's value
-# holds), +noguide (selector without visual guidance: audio scored from audio alone), +nores (video by the
-# parameter-free STVP, no learned residual), +spatial / +temporal (video_base: the residual sits on spatial
-# saliency of every frame, or on STVP's temporal rule), +chunk / +clip (audio top-k per 2 s window, the
-# published OmniSIFT's rule, or per clip). A flag replaces the config's own setting. "untrained" with flags
-# (e.g. untrained+spatial+chunk) evaluates, once, a fresh selector: the model's defaults (temporal, clip)
-# plus those flags, not the config's selector settings.
+# A variant is MODE-LR plus optional +flags:
+#   +rankW      importance_weight W (without it the config's value holds)
+#   +policyW    policy_weight W: the set-level policy-gradient term (train/policy.py)
+#   +noguide    selector without visual guidance: audio scored from audio alone
+#   +nores      video by the parameter-free base, no learned residual
+#   +spatial / +temporal / +mixed   video_base: the residual sits on spatial saliency of every frame, on
+#               STVP's temporal rule, or on both standardised and summed
+#   +chunk / +clip   audio top-k per 2 s window (the published OmniSIFT's rule) or per clip
+# A flag replaces the config's own setting. "untrained" with flags (e.g. untrained+spatial+chunk) evaluates,
+# once, a fresh selector: the model's defaults (temporal, clip) plus those flags, not the config's selector
+# settings.
 # DRY_RUN=1 writes each run's config ($ROOT/<run>.yaml) and the untrained selectors, and prints the commands
 # it would run (data, training, export, eval) instead of running them: what the tests check.
 # On 2 CPU cores with nothing else running: v1 about 4 min (mask) / 1.5 min (shrink) of training and 1.5 min
@@ -55,6 +59,7 @@ selector_option() {
         nores) echo "stvp_residual false False" ;;
         spatial) echo "video_base spatial 'spatial'" ;;
         temporal) echo "video_base temporal 'temporal'" ;;
+        mixed) echo "video_base mixed 'mixed'" ;;
         chunk) echo "audio_topk chunk 'chunk'" ;;
         clip) echo "audio_topk clip 'clip'" ;;
         *) return 1 ;;
@@ -72,13 +77,15 @@ for variant in $VARIANTS; do
     for flag in ${flags//+/ }; do
         if [[ $flag == rank* && $base != untrained ]]; then
             edits+=(-e "s#^  importance_weight: .*#  importance_weight: ${flag#rank}#")
+        elif [[ $flag == policy* && $base != untrained ]]; then  # after importance_weight, replacing any of its own
+            edits+=(-e "/^  policy_weight: /d" -e "/^  importance_weight: /a\\  policy_weight: ${flag#policy}")
         elif option=$(selector_option "$flag"); then
             read -r key yaml_value py_value <<< "$option"
             lines+="\n    $key: $yaml_value"
             edits+=(-e "/^    $key: /d")  # the config's own setting of it, if any
             kwargs+="$key=$py_value, "
         else
-            echo "unknown variant flag '$flag' in $variant (rankW, noguide, nores, spatial, temporal, chunk, clip)" >&2; exit 2
+            echo "unknown variant flag '$flag' in $variant (rankW, policyW, noguide, nores, spatial, temporal, mixed, chunk, clip)" >&2; exit 2
         fi
     done
     if [ "$base" = untrained ]; then

@@ -61,6 +61,7 @@ __all__ = [
     "spatial_saliency",
     "temporal_saliency",
     "frame_saliency",
+    "mixed_saliency",
     "attach_audio_saliency",
     "block_attention_received",
     "pool_like_encoder",
@@ -80,6 +81,24 @@ def spatial_saliency(tokens: torch.Tensor) -> torch.Tensor:
 def temporal_saliency(tokens: torch.Tensor, previous: torch.Tensor) -> torch.Tensor:
     """1 - cos(token, same cell in the previous frame): high for tokens that changed."""
     return 1.0 - F.cosine_similarity(tokens.float(), previous.float(), dim=-1)
+
+
+def mixed_saliency(spatial: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
+    """Sum of a frame's spatial and temporal saliency, each standardised over the frame.
+
+    Why: under camera motion the temporal rule alone ranks moving background over a still object, and the
+    spatial rule alone misses an object whose change over time is what a question asks about. Standardising
+    puts the two on one scale whatever their spreads (1 - cos is small and frame-dependent); a constant
+    score (no spread) contributes nothing.
+    """
+    return _standardised(spatial.float()) + _standardised(temporal.float())
+
+
+def _standardised(x: torch.Tensor) -> torch.Tensor:
+    if x.numel() < 2:
+        return torch.zeros_like(x)
+    std = x.std()
+    return (x - x.mean()) / std if bool(std > 0) else torch.zeros_like(x)
 
 
 def frame_saliency(embeds: torch.Tensor, window: Window) -> list[torch.Tensor]:

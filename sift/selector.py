@@ -7,7 +7,7 @@
 - Learnable STVP: the paper's STVP is parameter-free; ours adds a residual scorer on top of its saliency
   (a projection of the token plus its spatial and temporal saliency, through a small MLP whose last layer
   is zero-initialised), so at initialisation it ranks exactly like its parameter-free base: the paper's
-  STVP, or spatial saliency alone with `video_base="spatial"`.
+  STVP, spatial saliency alone with `video_base="spatial"`, or both standardised and summed with "mixed".
 - `init="omnizip"` adds OmniZip's audio-encoder saliency as a prior to the VGAS logit (log saliency) with
   VGAS's last layer at zero, so the untrained selector keeps what training-free selection keeps and
   training starts from that baseline; `init="random"` is the ablation (no prior, default init).
@@ -43,7 +43,7 @@ _HUB_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?/[A-Za-z0-9](?:[\w.-]*[
 QWEN25_THINKER = "qwen2_5_omni_thinker"
 
 #: The parameter-free video scores a selector's residual can sit on (`OmniSIFTConfig.video_base`).
-VIDEO_BASES = ("temporal", "spatial")
+VIDEO_BASES = ("temporal", "spatial", "mixed")
 
 
 class OmniSIFTConfig(PretrainedConfig):
@@ -69,9 +69,11 @@ class OmniSIFTConfig(PretrainedConfig):
         stvp_residual: False keeps video selection the parameter-free STVP (no learned residual; ablation).
         video_base: the parameter-free score the residual is added to. "temporal" is the paper's STVP (spatial
             saliency on a window's first frame, change from the previous frame on the others); "spatial" scores
-            every frame by spatial saliency alone. Why both: under camera motion every cell changes between
-            frames, so the temporal rule ranks background over the object (SynthAV v2's panning backgrounds);
-            checkpoints written before the option existed used "temporal".
+            every frame by spatial saliency alone; "mixed" adds the two, each standardised over the frame
+            (`sift.saliency.mixed_saliency`), on frames that have a previous frame (spatial on the others).
+            Why: under camera motion every cell changes between frames, so the temporal rule ranks background
+            over the object (SynthAV v2's panning backgrounds), while spatial saliency alone misses change that
+            matters; checkpoints written before the option existed used "temporal".
         rho_audio / rho_video: the selector's own operating point as prune ratios (fraction dropped per
             window / per frame), used when the compressor gets no retention; `from_published` sets the
             reference's 0.3 / 0.7. None: a retention must be given.
@@ -394,15 +396,19 @@ def _describe(source: Any) -> str:
     return "the given state dict" if isinstance(source, Mapping) else str(source)
 
 
+def gumbel_noise(like: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel noise shaped like `like`: the top-k of scores + T * noise is a Plackett-Luce draw
+    of k items with logits scores / T (Gumbel-top-k)."""
+    u = torch.rand_like(like, dtype=torch.float32).clamp_(1e-6, 1 - 1e-6)
+    return -torch.log(-torch.log(u)).to(like.dtype)
+
+
 def soft_topk_gate(scores: torch.Tensor, k: int, temperature: float, gumbel: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Hard top-k mask and a straight-through gate whose value is the mask and whose gradient flows
     through sigmoid((score - threshold) / temperature), threshold halfway between the k-th and (k+1)-th score.
     """
     n = scores.shape[0]
-    noisy = scores
-    if gumbel:
-        u = torch.rand_like(scores).clamp_(1e-6, 1 - 1e-6)
-        noisy = scores - torch.log(-torch.log(u)) * temperature
+    noisy = scores + gumbel_noise(scores) * temperature if gumbel else scores
     hard = torch.zeros(n, dtype=torch.bool, device=scores.device)
     if k >= n:
         hard[:] = True

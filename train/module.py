@@ -13,7 +13,9 @@
   logits at the original positions, student logits at the kept positions via `kept_positions`). With
   `importance_weight > 0` it adds importance distillation (`train.importance`): the frozen full-token
   model's first-order effect of dropping each media token on the answer, as a ranking target for the
-  selector's scores, for every media token whatever the mode.
+  selector's scores, for every media token whatever the mode. With `policy_weight > 0` it adds a
+  set-level policy gradient (`train.policy`): a few keep sets sampled from the selector's scores, each
+  run through the frozen model, rewarded by the answer's log-likelihood against the step's own selection.
 - Validation: greedy `generate` inside `sift.compress` at `val_retention` (selector in eval mode), the
   reply's option letter extracted as in the reference evaluations, accuracy overall (`val/acc`) and per
   category (`val/acc/<category>`), all synchronised across ranks by torchmetrics.
@@ -48,6 +50,7 @@ from sift.models import adapter_for, load_thinker, thinker_config_of
 from sift.testbed.catalog import TINY_MODELS, tiny_config_named, tiny_model_named
 from sift.selector import OmniSIFTSelector
 from train.importance import gate_importance, ranking_loss, selection_groups
+from train.policy import answer_log_likelihood, policy_loss, sample_rollouts
 
 __all__ = [
     "SelectorModule",
@@ -112,6 +115,10 @@ class SelectorModule(L.LightningModule):
         importance_weight / importance_temperature: weight and target temperature of the importance
             distillation term (`train.importance`: the full-token frozen model's d log p(answer) / d gate of
             every media token, as a listwise ranking target for the selector's scores; 0: off).
+        policy_weight / policy_samples / policy_temperature: the set-level policy-gradient term
+            (`train.policy`): `policy_samples` selections drawn from Plackett-Luce(scores / temperature),
+            rewarded by the frozen model's answer log-likelihood on each, against the greedy selection's
+            (self-critical REINFORCE; 0: off).
         train_mode: "shrink" (dropped tokens leave the sequence) or "mask" (masked attention, every media
             token gets gradient); see `sift.compress(mode=...)`.
         lr / weight_decay / warmup_ratio: AdamW and a cosine schedule with linear warmup.
@@ -137,6 +144,9 @@ class SelectorModule(L.LightningModule):
         kd_temperature: float = 1.0,
         importance_weight: float = 0.0,
         importance_temperature: float = 1.0,
+        policy_weight: float = 0.0,
+        policy_samples: int = 2,
+        policy_temperature: float = 0.1,
         train_mode: str = "shrink",
         lr: float = 1e-5,
         weight_decay: float = 0.0,
@@ -160,6 +170,11 @@ class SelectorModule(L.LightningModule):
         if importance_weight < 0 or importance_temperature <= 0:
             raise ValueError(
                 f"need importance_weight >= 0 and importance_temperature > 0, got {importance_weight}, {importance_temperature}"
+            )
+        if policy_weight < 0 or policy_samples < 1 or policy_temperature <= 0:
+            raise ValueError(
+                f"need policy_weight >= 0, policy_samples >= 1 and policy_temperature > 0, "
+                f"got {policy_weight}, {policy_samples}, {policy_temperature}"
             )
         if not (0.0 <= warmup_ratio < 1.0):
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
@@ -368,6 +383,10 @@ class SelectorModule(L.LightningModule):
             groups = selection_groups(session.layout, compressor.audio_rule)
             rank = ranking_loss(session.selection.scores, importance, groups, self.hparams.importance_temperature)
             loss = loss + self.hparams.importance_weight * rank
+        policy = None
+        if self.hparams.policy_weight > 0 and session.selection is not None:
+            policy = self._policy_loss(session, compressor, out.logits, inputs, labels, retention)
+            loss = loss + self.hparams.policy_weight * policy
         if not loss.requires_grad:  # nothing was dropped: no gradient path through the gates
             loss = loss + self._zero_loss()
         if scale != 1.0:
@@ -378,10 +397,27 @@ class SelectorModule(L.LightningModule):
             self.log("train/kd", kd.detach(), on_step=True, batch_size=n)
         if rank is not None:
             self.log("train/rank", rank.detach(), on_step=True, batch_size=n)
+        if policy is not None:
+            self.log("train/policy", policy.detach(), on_step=True, batch_size=n)
         self.log("train/retention", retention, on_step=True, batch_size=n)
         kept = session.stats.retention if session.stats is not None else 1.0
         self.log("train/kept", float(kept), on_step=True, batch_size=n)
         return loss
+
+    def _policy_loss(self, session, compressor: OmniSIFT, logits, inputs, labels, retention: float) -> torch.Tensor:
+        """Self-critical REINFORCE over sampled selections (`train.policy`), the step's run as the baseline."""
+        stats = session.stats if self.hparams.train_mode == "shrink" else None  # mask: logits cover the input
+        greedy = answer_log_likelihood(logits.detach(), labels, stats)
+        keeps, rewards = sample_rollouts(
+            self.model,
+            lambda t: OmniSIFT(retention=retention, selector=self.selector, sample_temperature=t),
+            inputs,
+            labels,
+            self.hparams.policy_samples,
+            self.hparams.policy_temperature,
+        )
+        groups = list(selection_groups(session.layout, compressor.audio_rule))
+        return policy_loss(session.selection.scores, keeps, rewards, greedy, groups, self.hparams.policy_temperature)
 
     @staticmethod
     def _supervised(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,7 +1,8 @@
 """`omnisift`: the learned OmniSIFT selector (learnable STVP, then VGAS) as a compressor.
 
 Video first: each frame keeps its top tokens by STVP saliency (or, with the selector's
-`video_base="spatial"`, spatial saliency alone) plus the learned residual. Then audio: VGAS
+`video_base="spatial"`, spatial saliency alone; with "mixed", both standardised and summed) plus the
+learned residual. Then audio: VGAS
 scores each window's audio tokens against the window's KEPT video tokens, and keeps the top ones either
 per audio clip (`audio_topk="clip"`, OmniZip's clip-level allocation, sift's default for the selectors it
 trains) or per 2 s window (`audio_topk="chunk"`, the published OmniSIFT's rule).
@@ -34,8 +35,8 @@ from sift.budget import audio_clip_budgets, audio_window_budgets, split_row, vid
 from sift.compressors.base import CompressionBatch, Compressor, Selection, check_prune_ratios
 from sift.compressors.registry import register
 from sift.layout import RowLayout, Segment, same_cells
-from sift.saliency import AUDIO_SALIENCY, attach_audio_saliency, spatial_saliency, temporal_saliency
-from sift.selector import OmniSIFTSelector, soft_topk_gate
+from sift.saliency import AUDIO_SALIENCY, attach_audio_saliency, mixed_saliency, spatial_saliency, temporal_saliency
+from sift.selector import OmniSIFTSelector, gumbel_noise, soft_topk_gate
 
 __all__ = ["OmniSIFT"]
 
@@ -54,6 +55,9 @@ class OmniSIFT(Compressor):
     rho_audio: float | None = None
     rho_video: float | None = None
     audio_topk: Literal["clip", "chunk"] | None = None  # None: the selector config's rule
+    #: draw each unit's keep set from Plackett-Luce(scores / T) instead of the top-k (Gumbel-top-k), with the
+    #: same budgets: the rollouts of policy-gradient training (`train.policy`); None at inference
+    sample_temperature: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.selector, (str, os.PathLike)):
@@ -63,6 +67,8 @@ class OmniSIFT(Compressor):
         check_prune_ratios(self.name, self.retention, self.rho_audio, self.rho_video)
         if self.audio_topk not in (None, "clip", "chunk"):
             raise ValueError(f"omnisift: audio_topk must be 'clip' or 'chunk', got {self.audio_topk!r}")
+        if self.sample_temperature is not None and not self.sample_temperature > 0:
+            raise ValueError(f"omnisift: sample_temperature must be > 0 (or None: no sampling), got {self.sample_temperature}")
         super().__post_init__()
 
     def needs_retention(self) -> bool:
@@ -136,6 +142,8 @@ class OmniSIFT(Compressor):
 
     def _gate(self, scores: torch.Tensor, k: int, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.selector.config
+        if self.sample_temperature is not None:
+            scores = scores.detach() + gumbel_noise(scores) * self.sample_temperature
         return soft_topk_gate(scores, k, cfg.ste_temperature, gumbel=cfg.gumbel and training)
 
     def _video(self, batch, b, row: RowLayout, frame_budgets, keep, gate, scores, training) -> dict[int, torch.Tensor]:
@@ -143,7 +151,7 @@ class OmniSIFT(Compressor):
         emb = batch.embeds[b]
         dev = emb.device
         kept: dict[int, torch.Tensor] = {}
-        temporal_base = self.selector.config.video_base == "temporal"
+        video_base = self.selector.config.video_base
         for w, budgets in zip(row.windows, frame_budgets):
             previous = None
             parts = []
@@ -156,7 +164,11 @@ class OmniSIFT(Compressor):
                     temporal = temporal_saliency(tokens, emb[previous.positions.to(dev)].float())
                 else:
                     temporal = torch.zeros_like(spatial)
-                base = temporal if aligned and temporal_base else spatial
+                base = spatial
+                if aligned and video_base == "temporal":
+                    base = temporal
+                elif aligned and video_base == "mixed":
+                    base = mixed_saliency(spatial, temporal)
                 score = self.selector.video_scores(tokens, spatial, temporal, base)
                 hard, g = self._gate(score, k, training)
                 keep[b, pos[hard]] = True

@@ -177,8 +177,36 @@ def test_spatial_video_base_ranks_every_frame_by_distance_to_its_own_mean(thinke
     assert temporal != expected  # the default is the paper's temporal rule on second frames
 
 
+def _z(x: torch.Tensor) -> torch.Tensor:
+    return (x - x.mean()) / x.std()
+
+
+def test_mixed_video_base_adds_standardised_spatial_and_temporal_saliency(thinker, synth_inputs):
+    """video_base="mixed": z(distance to the frame mean) + z(change from the previous frame's same cell);
+    a window's first frame has no previous frame and is ranked by the spatial rule."""
+    layout = sift.layout_of(synth_inputs, thinker.config)
+    emb = _full_embeds(thinker, synth_inputs)
+    expected = set()
+    for w in layout.rows[0].windows:
+        previous = None
+        for frame in w.frames:
+            tokens = emb[frame.positions]
+            score = 1 - F.cosine_similarity(tokens, tokens.mean(0, keepdim=True), dim=-1)
+            if previous is not None:
+                change = 1 - F.cosine_similarity(tokens, previous, dim=-1)
+                score = _z(score) + _z(change)
+            n = frame.num_tokens
+            expected |= set(frame.positions[score.topk(n - int(n * 0.6)).indices].tolist())
+            previous = tokens
+    mixed = _video_kept(thinker, synth_inputs, layout, OmniSIFTSelector.from_config(thinker.config, video_base="mixed"))
+    spatial = _video_kept(thinker, synth_inputs, layout, OmniSIFTSelector.from_config(thinker.config, video_base="spatial"))
+    temporal = _video_kept(thinker, synth_inputs, layout, OmniSIFTSelector.from_config(thinker.config))
+    assert mixed == expected
+    assert mixed != spatial and mixed != temporal
+
+
 def test_video_base_defaults_to_the_papers_rule_and_rejects_unknown_names():
     legacy = OmniSIFTConfig.from_dict({k: v for k, v in OmniSIFTConfig(hidden_size=8).to_dict().items() if k != "video_base"})
     assert legacy.video_base == "temporal"
-    with pytest.raises(ValueError, match="video_base must be one of 'temporal', 'spatial', got 'motion'"):
+    with pytest.raises(ValueError, match="video_base must be one of 'temporal', 'spatial', 'mixed', got 'motion'"):
         OmniSIFTConfig(hidden_size=8, video_base="motion")

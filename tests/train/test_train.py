@@ -577,15 +577,16 @@ def _dry_run(tmp_path, variants: str) -> subprocess.CompletedProcess:
 
 def test_selector_training_benchmark_writes_the_variants_it_names(tmp_path):
     """Every flag of a variant reaches its run's config (two selector flags once lost one) and untrained baselines."""
-    proc = _dry_run(tmp_path, "shrink-3e-3+rank0.5+temporal+clip untrained+spatial+nores")
+    run = "shrink-3e-3+rank0.5+policy2+mixed+clip"
+    proc = _dry_run(tmp_path, f"{run} untrained+spatial+nores")
     assert proc.returncode == 0, proc.stderr
-    cfg = _parser().parse_path(str(tmp_path / "shrink-3e-3+rank0.5+temporal+clip-seed1.yaml"))
+    cfg = _parser().parse_path(str(tmp_path / f"{run}-seed1.yaml"))
     assert cfg.seed_everything == 1 and cfg.model.train_mode == "shrink" and cfg.model.lr == 3e-3
-    assert cfg.model.importance_weight == 0.5
-    assert cfg.model.selector == {"init": "omnizip", "video_base": "temporal", "audio_topk": "clip"}
-    assert cfg.trainer.default_root_dir == f"{tmp_path}/shrink-3e-3+rank0.5+temporal+clip-seed1"
-    log = (tmp_path / "shrink-3e-3+rank0.5+temporal+clip-seed0.log").read_text()  # training's output goes there
-    assert f"-m train fit --config {tmp_path}/shrink-3e-3+rank0.5+temporal+clip-seed0.yaml" in log
+    assert cfg.model.importance_weight == 0.5 and cfg.model.policy_weight == 2.0
+    assert cfg.model.selector == {"init": "omnizip", "video_base": "mixed", "audio_topk": "clip"}
+    assert cfg.trainer.default_root_dir == f"{tmp_path}/{run}-seed1"
+    log = (tmp_path / f"{run}-seed0.log").read_text()  # training's output goes there
+    assert f"-m train fit --config {tmp_path}/{run}-seed0.yaml" in log
     untrained = OmniSIFTSelector.from_pretrained(tmp_path / "selectors" / "untrained+spatial+nores").config
     assert untrained.video_base == "spatial" and not untrained.stvp_residual and untrained.audio_topk == "clip"
     assert "--methods omnisift --selector " + f"{tmp_path}/selectors/untrained+spatial+nores" in proc.stdout

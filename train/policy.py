@@ -1,0 +1,119 @@
+"""Policy-gradient training of the selector on whole selections: a set-level signal.
+
+Why: the two other signals judge tokens one at a time. The LM loss of a shrink-mode run reaches only the
+kept tokens, and importance distillation (`train.importance`) ranks each token by its first-order effect
+on the answer, which ranks sets poorly at low retention (benchmarks/results/oracle_selection_synthav_v2.md:
+that oracle loses to parameter-free rules at r >= 0.15). What a top-k needs to know is how good a whole
+keep set is, and the frozen model can say so directly: draw a few selections, run the compressed model on
+each, and use the answer's log-likelihood as the reward (REINFORCE).
+
+- Sampling: each top-k unit (a frame; an audio clip or 2 s window) draws its keep set from the
+  Plackett-Luce distribution of its scores / T, by Gumbel-top-k (`OmniSIFT(sample_temperature=T)`), with
+  the budgets of the greedy selection. The rollouts need no gradient of the model.
+- Baseline: self-critical. The advantage of a sample is its reward minus the greedy selection's reward
+  (the training step's own compressed run), so the selector moves towards draws that beat what it would
+  keep at inference, and away from draws that lose to it.
+- Log-probability: of each sampled set under the Plackett-Luce distribution of the step's differentiable
+  scores, its kept tokens taken in their score order. Audio scores are conditioned on the video kept by
+  the greedy selection, not on each sample's (a surrogate: one differentiable selection per step).
+
+Cost: `samples` compressed forwards of the frozen model per step, without gradient (cheap at low
+retention), and their logits; no backward through the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+
+import sift
+from sift.compressors.omnisift import OmniSIFT
+
+__all__ = ["answer_log_likelihood", "sample_rollouts", "plackett_luce_log_prob", "policy_loss"]
+
+
+def answer_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, stats: sift.CompressionStats | None) -> torch.Tensor:
+    """(B,) summed log-probability of each row's supervised labels.
+
+    `logits` come from a run inside `sift.compress` (shrink mode: at the kept positions, found through
+    `stats.slots_of`) or, with `stats` None, cover the input positions.
+    """
+    rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)  # cols: the position predicting label cols+1
+    slots = cols if stats is None else stats.slots_of(rows, cols)
+    dev = logits.device
+    logp = F.log_softmax(logits[rows.to(dev), slots.to(dev)].float(), dim=-1)
+    target = labels[rows, cols + 1].to(dev)
+    picked = logp.gather(1, target[:, None]).squeeze(1)
+    return torch.zeros(labels.shape[0], device=dev).index_add_(0, rows.to(dev), picked)
+
+
+@torch.no_grad()
+def sample_rollouts(
+    model: torch.nn.Module,
+    make_compressor: Callable[[float], OmniSIFT],
+    inputs: dict,
+    labels: torch.Tensor,
+    samples: int,
+    temperature: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`samples` sampled selections and their rewards: keeps (S, B, L) bool and log p(answer) (S, B).
+
+    `make_compressor(temperature)` returns the step's compressor (same selector, same retention) drawing
+    its keep sets at that sampling temperature.
+    """
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    keeps, rewards = [], []
+    for _ in range(samples):
+        with sift.compress(model, make_compressor(temperature)) as session:
+            out = model(**inputs)
+        if session.selection is None:
+            raise RuntimeError("policy rollout: the compressor made no selection (no media in the batch?)")
+        keeps.append(session.selection.keep)
+        rewards.append(answer_log_likelihood(out.logits, labels, session.stats))
+    return torch.stack(keeps), torch.stack(rewards)
+
+
+def plackett_luce_log_prob(
+    scores: torch.Tensor, keep: torch.Tensor, groups: Iterable[tuple[int, torch.Tensor]], temperature: float
+) -> torch.Tensor:
+    """(B,) log-probability of the keep set of every unit under Plackett-Luce(scores / T), summed per row.
+
+    The kept tokens of a unit are taken in descending score order: log P = sum_i [x_i - logsumexp(x_i..)]
+    over them, x the unit's scores / T with the kept first. Units that keep all or none of their tokens
+    are deterministic and add nothing.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    out = scores.new_zeros(scores.shape[0])
+    for b, positions in groups:
+        pos = positions.to(scores.device)
+        kept = keep[b, pos].to(scores.device)
+        k = int(kept.sum())
+        if k == 0 or k == pos.numel():
+            continue
+        x = scores[b, pos].float() / temperature
+        kept_x = torch.sort(x[kept], descending=True).values
+        ordered = torch.cat([kept_x, x[~kept]])
+        suffix = torch.logcumsumexp(ordered.flip(0), dim=0).flip(0)
+        out = out.index_add(0, torch.tensor([b], device=scores.device), (kept_x - suffix[:k]).sum()[None])
+    return out
+
+
+def policy_loss(
+    scores: torch.Tensor,
+    keeps: torch.Tensor,
+    rewards: torch.Tensor,
+    greedy_reward: torch.Tensor,
+    groups: list[tuple[int, torch.Tensor]],
+    temperature: float,
+) -> torch.Tensor:
+    """Self-critical REINFORCE: -mean over samples and rows of (reward - greedy reward) * log P(sample).
+
+    scores (B, L) differentiable; keeps (S, B, L); rewards (S, B); greedy_reward (B,).
+    """
+    advantage = (rewards - greedy_reward.detach()[None]).detach()
+    log_probs = torch.stack([plackett_luce_log_prob(scores, keep, groups, temperature) for keep in keeps])
+    return -(advantage.to(log_probs.device) * log_probs).mean()
