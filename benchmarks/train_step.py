@@ -20,7 +20,10 @@ thinker is frozen with ``requires_grad_(False)`` and in eval mode; the selector 
 * ``shrink+rank`` / ``mask+rank``: the mode plus importance distillation (:mod:`train.importance`): first the
   teacher, the frozen model on all tokens through masked attention with every gate at 1, forward + backward to
   the gates (counted in the forward time), then the mode's step with the listwise ranking loss added.
-  ``shrink+rank`` is what ``configs/synthav-v2-selector.yaml`` trains with.
+* ``shrink+policy``: shrink plus the set-level policy gradient (:mod:`train.policy`): after the step's forward,
+  ``--policy-samples`` keep sets drawn from the selector's scores, each a compressed forward of the frozen
+  model without gradient (counted in the forward time), and the REINFORCE term added to the loss. It is what
+  ``configs/synthav-v2-selector.yaml`` trains with.
 * ``full``: no sift. The frozen model on all tokens, forward with labels + backward, with the gradient flowing
   to the input-embedding output only (a forward hook on ``get_input_embeddings()`` turns its output into a leaf
   that requires grad), so the backward runs through the whole LLM as in the other two: the reference cost of
@@ -90,8 +93,9 @@ from sift.testbed.media import synth_clip  # noqa: E402
 from sift.testbed.random_models import omni_thinker_config, random_thinker  # noqa: E402
 from sift.testbed.tiny import omni_inputs, tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer  # noqa: E402
 from train.importance import gate_importance, ranking_loss, selection_groups  # noqa: E402
+from train.policy import step_policy_loss  # noqa: E402
 
-MODES = ("full", "shrink", "shrink+rank", "mask", "mask+rank")
+MODES = ("full", "shrink", "shrink+rank", "shrink+policy", "mask", "mask+rank")
 MODELS = ("tiny", "7b")
 LABELED_TOKENS = 8  # labels on the last positions of the input; logits (and lm_head) cover every position anyway
 QUESTION = "What is the person saying while the dog jumps?"
@@ -249,7 +253,8 @@ def llm_tokens(model: torch.nn.Module, tokens: list[int]) -> Iterator[None]:
         handle.remove()
 
 
-def train_step(case: Case, mode: str, retention: float, device: torch.device, warm: bool = False) -> dict[str, Any]:
+def train_step(case: Case, mode: str, retention: float, device: torch.device, warm: bool = False,
+               policy_samples: int = 4) -> dict[str, Any]:
     """One forward with labels + backward in ``mode``: seconds, LLM tokens, loss and gradient norm."""
     inputs, labels = case.warm_batch if warm else case.batch
     case.selector.zero_grad(set_to_none=True)
@@ -262,14 +267,16 @@ def train_step(case: Case, mode: str, retention: float, device: torch.device, wa
         if mode == "full":
             stack.enter_context(input_embeds_leaf(case.model, leaves))
         else:
-            session = stack.enter_context(sift.compress(case.model, compressor, mode=mode.removesuffix("+rank")))
+            session = stack.enter_context(sift.compress(case.model, compressor, mode=mode.split("+")[0]))
         stack.enter_context(llm_tokens(case.model, tokens))  # after sift's hook: the tokens the LLM runs on
         out = case.model(**inputs, labels=labels, use_cache=False)
         loss = out.loss
         if importance is not None:
             groups = selection_groups(session.layout, compressor.audio_rule)
             loss = loss + ranking_loss(session.selection.scores, importance, groups)
-        t1 = _now(device)
+    if mode.endswith("+policy"):  # the rollouts are sift.compress sessions of their own
+        loss = loss + step_policy_loss(case.model, compressor, session, out.logits, inputs, labels, policy_samples, 0.1)
+    t1 = _now(device)
     loss.backward()
     t2 = _now(device)
     grads = [t.grad for t in leaves] if mode == "full" else [p.grad for p in case.selector.parameters()]
@@ -280,11 +287,12 @@ def train_step(case: Case, mode: str, retention: float, device: torch.device, wa
                 grad_norm=grad_norm)
 
 
-def measure(case: Case, mode: str, retention: float, device: torch.device, warm: bool = False) -> dict[str, Any]:
+def measure(case: Case, mode: str, retention: float, device: torch.device, warm: bool = False,
+            policy_samples: int = 4) -> dict[str, Any]:
     """A training step with its peak memory growth and the bytes autograd saved for its backward."""
     with PeakMemory(device, trim=True) as memory:
         with SavedTensors(case.model, case.selector) as saved:
-            sample = train_step(case, mode, retention, device, warm)
+            sample = train_step(case, mode, retention, device, warm, policy_samples)
     sample.update(peak_mem_bytes=memory.peak_bytes, saved_bytes=saved.bytes, memory_kind=memory_kind(memory))
     return sample
 
@@ -292,12 +300,12 @@ def measure(case: Case, mode: str, retention: float, device: torch.device, warm:
 # ----------------------------------------------------------------------------------------------- runs
 def run_case(case: Case, args: argparse.Namespace, device: torch.device, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """``--warmup`` + ``--repeats`` rounds over the modes (interleaved); one summary row per mode."""
-    samples: dict[str, list[dict[str, Any]]] = {mode: [] for mode in MODES}
+    samples: dict[str, list[dict[str, Any]]] = {mode: [] for mode in args.modes}
     rounds = args.warmup + args.repeats
     for round_ in range(rounds):
         timed = round_ >= args.warmup
-        for mode in MODES:
-            s = measure(case, mode, args.retention, device, warm=not timed)
+        for mode in args.modes:
+            s = measure(case, mode, args.retention, device, warm=not timed, policy_samples=args.policy_samples)
             if timed:
                 samples[mode].append(s)
             which = f"run {round_ - args.warmup + 1}/{args.repeats}" if timed else f"warm-up {round_ + 1}/{args.warmup}"
@@ -309,7 +317,7 @@ def run_case(case: Case, args: argparse.Namespace, device: torch.device, log: Ca
 
 def summarise(case: Case, samples: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     rows = []
-    for mode in MODES:
+    for mode in samples:
         ss = samples[mode]
         med = lambda key: statistics.median(s[key] for s in ss)  # noqa: E731
         rows.append(dict(
@@ -387,6 +395,8 @@ def attention_notes(result: dict[str, Any]) -> list[str]:
     lines, depth = [], QWEN25_OMNI_7B["text"]["num_hidden_layers"]
     for m in result["models"]:
         rows = {r["mode"]: r for r in result["rows"] if r["model"] == m["name"]}
+        if "mask" not in rows:
+            continue
         extra = (rows["mask"]["saved_bytes"] - rows["full"]["saved_bytes"]) / m["layers"]
         one = m["heads"] * m["seq_len"] ** 2 * 4
         lines.append(
@@ -406,6 +416,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=2, help="7b: decoder layers built (of 28)")
     p.add_argument("--vocab-size", type=int, help="7b: embedding / lm_head rows (default: the real 152064)")
     p.add_argument("--retention", type=float, default=0.25, help="fraction of audio+video tokens kept")
+    p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES),
+                   help="modes to time (default all; full always runs first: the ratios are to it)")
+    p.add_argument("--policy-samples", type=int, default=4, help="shrink+policy: sampled selections per step")
     p.add_argument("--repeats", type=int, default=3, help="timed steps per mode (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds over the modes first")
     p.add_argument("--warmup-seconds", type=int,
@@ -430,6 +443,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--layers must be in 1..28, got {args.layers}")
     if not 0.0 < args.retention < 1.0:
         p.error(f"--retention must be in (0, 1), got {args.retention}")
+    args.modes = ["full", *(m for m in dict.fromkeys(args.modes) if m != "full")]
+    if args.policy_samples < 1:
+        p.error(f"--policy-samples must be >= 1, got {args.policy_samples}")
     if args.repeats < 1 or args.warmup < 0:
         p.error("--repeats must be >= 1 and --warmup >= 0")
     return args
@@ -469,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         device=device.type, dtype=str(dtype).replace("torch.", ""), memory_kind=kind, machine=info,
         settings=dict(models=args.models, seconds=args.seconds, layers=args.layers, vocab_size=args.vocab_size,
                       retention=args.retention, repeats=args.repeats, warmup=args.warmup,
+                      modes=args.modes, policy_samples=args.policy_samples,
                       warmup_seconds=args.warmup_seconds, attn=args.attn, threads=args.threads,
                       tiny_threads=args.tiny_threads,
                       labeled_tokens=LABELED_TOKENS, seed=args.seed),

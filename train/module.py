@@ -50,7 +50,7 @@ from sift.models import adapter_for, load_thinker, thinker_config_of
 from sift.testbed.catalog import TINY_MODELS, tiny_config_named, tiny_model_named
 from sift.selector import OmniSIFTSelector
 from train.importance import gate_importance, ranking_loss, selection_groups
-from train.policy import answer_log_likelihood, policy_loss, sample_rollouts
+from train.policy import step_policy_loss
 
 __all__ = [
     "SelectorModule",
@@ -385,7 +385,9 @@ class SelectorModule(L.LightningModule):
             loss = loss + self.hparams.importance_weight * rank
         policy = None
         if self.hparams.policy_weight > 0 and session.selection is not None:
-            policy = self._policy_loss(session, compressor, out.logits, inputs, labels, retention)
+            policy = step_policy_loss(self.model, compressor, session, out.logits, inputs, labels,
+                                      self.hparams.policy_samples, self.hparams.policy_temperature,
+                                      shrink=self.hparams.train_mode == "shrink")
             loss = loss + self.hparams.policy_weight * policy
         if not loss.requires_grad:  # nothing was dropped: no gradient path through the gates
             loss = loss + self._zero_loss()
@@ -403,21 +405,6 @@ class SelectorModule(L.LightningModule):
         kept = session.stats.retention if session.stats is not None else 1.0
         self.log("train/kept", float(kept), on_step=True, batch_size=n)
         return loss
-
-    def _policy_loss(self, session, compressor: OmniSIFT, logits, inputs, labels, retention: float) -> torch.Tensor:
-        """Self-critical REINFORCE over sampled selections (`train.policy`), the step's run as the baseline."""
-        stats = session.stats if self.hparams.train_mode == "shrink" else None  # mask: logits cover the input
-        greedy = answer_log_likelihood(logits.detach(), labels, stats)
-        keeps, rewards = sample_rollouts(
-            self.model,
-            lambda t: OmniSIFT(retention=retention, selector=self.selector, sample_temperature=t),
-            inputs,
-            labels,
-            self.hparams.policy_samples,
-            self.hparams.policy_temperature,
-        )
-        groups = list(selection_groups(session.layout, compressor.audio_rule))
-        return policy_loss(session.selection.scores, keeps, rewards, greedy, groups, self.hparams.policy_temperature)
 
     @staticmethod
     def _supervised(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

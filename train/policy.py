@@ -23,15 +23,18 @@ retention), and their logits; no backward through the model.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 import sift
 from sift.compressors.omnisift import OmniSIFT
+from train.importance import selection_groups
 
-__all__ = ["answer_log_likelihood", "sample_rollouts", "plackett_luce_log_prob", "policy_loss"]
+__all__ = ["answer_log_likelihood", "sample_rollouts", "plackett_luce_log_prob", "policy_loss", "step_policy_loss"]
 
 
 def answer_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, stats: sift.CompressionStats | None) -> torch.Tensor:
@@ -117,3 +120,25 @@ def policy_loss(
     advantage = (rewards - greedy_reward.detach()[None]).detach()
     log_probs = torch.stack([plackett_luce_log_prob(scores, keep, groups, temperature) for keep in keeps])
     return -(advantage.to(log_probs.device) * log_probs).mean()
+
+
+def step_policy_loss(
+    model: torch.nn.Module,
+    compressor: OmniSIFT,
+    session: Any,
+    logits: torch.Tensor,
+    inputs: dict,
+    labels: torch.Tensor,
+    samples: int,
+    temperature: float,
+    shrink: bool = True,
+) -> torch.Tensor:
+    """The policy term of one training step: `session` and `logits` are the step's own compressed run (with
+    the selector in training mode, so its scores are differentiable), the greedy baseline; `shrink` False
+    when that run was `mode="mask"` (logits at every input position)."""
+    greedy = answer_log_likelihood(logits.detach(), labels, session.stats if shrink else None)
+    keeps, rewards = sample_rollouts(
+        model, lambda t: dataclasses.replace(compressor, sample_temperature=t), inputs, labels, samples, temperature
+    )
+    groups = list(selection_groups(session.layout, compressor.audio_rule))
+    return policy_loss(session.selection.scores, keeps, rewards, greedy, groups, temperature)

@@ -19,7 +19,7 @@ def test_tiny_train_step_table(train_step, tmp_path):
     result = train_step.main(["--models", "tiny", "--seconds", "4", "--repeats", "1", "--warmup", "0",
                               "--out", str(tmp_path), "--quiet"])
     rows = {r["mode"]: r for r in result["rows"]}
-    assert list(rows) == ["full", "shrink", "shrink+rank", "mask", "mask+rank"]
+    assert list(rows) == ["full", "shrink", "shrink+rank", "shrink+policy", "mask", "mask+rank"]
     seq_len = result["models"][0]["seq_len"]
     for mode in rows:
         r = rows[mode]
@@ -33,8 +33,18 @@ def test_tiny_train_step_table(train_step, tmp_path):
     assert rows["mask+rank"]["loss"] > rows["mask"]["loss"]  # plus the (positive) ranking term
     assert rows["mask+rank"]["llm_tokens"] == seq_len
     assert rows["shrink+rank"]["loss"] > rows["shrink"]["loss"] and rows["shrink+rank"]["llm_tokens"] == rows["shrink"]["llm_tokens"]
+    assert rows["shrink+policy"]["llm_tokens"] == rows["shrink"]["llm_tokens"]  # the rollouts are extra forwards
+    assert rows["shrink+policy"]["loss"] != pytest.approx(rows["shrink"]["loss"], abs=1e-6)  # plus the REINFORCE term
     assert rows["mask"]["saved_bytes"] > rows["full"]["saved_bytes"]  # (heads, L, L) float32 weights per layer
     assert rows["full"]["time_ratio"] == 1.0
     saved = json.loads((tmp_path / "train_step_cpu.json").read_text())
-    assert [r["mode"] for r in saved["rows"]] == ["full", "shrink", "shrink+rank", "mask", "mask+rank"] and saved["machine"]["loadavg_start"]
+    assert [r["mode"] for r in saved["rows"]] == list(rows) and saved["machine"]["loadavg_start"]
     assert (tmp_path / "train_step_cpu.md").read_text() == result["markdown"]
+
+
+@pytest.mark.slow
+def test_modes_option_times_full_first_then_the_named_modes(train_step, tmp_path):
+    result = train_step.main(["--models", "tiny", "--seconds", "2", "--repeats", "1", "--warmup", "0",
+                              "--modes", "shrink+policy", "shrink", "--policy-samples", "2", "--out", str(tmp_path), "--quiet"])
+    assert [r["mode"] for r in result["rows"]] == ["full", "shrink+policy", "shrink"]
+    assert result["settings"]["policy_samples"] == 2
