@@ -9,15 +9,19 @@ each, and use the answer's log-likelihood as the reward (REINFORCE).
 
 - Sampling: each top-k unit (a frame; an audio clip or 2 s window) draws its keep set from the
   Plackett-Luce distribution of its scores / T, by Gumbel-top-k (`OmniSIFT(sample_temperature=T)`), with
-  the budgets of the greedy selection. The rollouts need no gradient of the model.
+  the budgets of the greedy selection. The rollouts need no gradient of the model: a sampled selection
+  carries no gates, so the frozen model's forward builds no graph, while the selector's scores of that
+  rollout stay differentiable.
 - Baseline: self-critical. The advantage of a sample is its reward minus the greedy selection's reward
   (the training step's own compressed run), so the selector moves towards draws that beat what it would
   keep at inference, and away from draws that lose to it.
-- Log-probability: of each sampled set under the Plackett-Luce distribution of the step's differentiable
-  scores, its kept tokens taken in their score order. Audio scores are conditioned on the video kept by
-  the greedy selection, not on each sample's (a surrogate: one differentiable selection per step).
+- Log-probability: of each sampled set under the Plackett-Luce distribution of the scores it was drawn
+  from (that rollout's own: audio scores depend on the video the draw kept), its kept tokens taken in
+  their score order. A first version scored every draw with the greedy run's scores instead; under those
+  a draw's audio could be all but impossible, the loss spiked by orders of magnitude and one training seed
+  in two lost its audio questions at r >= 0.25 (README).
 
-Cost: `samples` compressed forwards of the frozen model per step, without gradient (cheap at low
+Cost: `samples` compressed forwards of the frozen model per step, without a graph (cheap at low
 retention), and their logits; no backward through the model.
 """
 
@@ -52,7 +56,6 @@ def answer_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, stats: sif
     return torch.zeros(labels.shape[0], device=dev).index_add_(0, rows.to(dev), picked)
 
 
-@torch.no_grad()
 def sample_rollouts(
     model: torch.nn.Module,
     make_compressor: Callable[[float], OmniSIFT],
@@ -60,23 +63,25 @@ def sample_rollouts(
     labels: torch.Tensor,
     samples: int,
     temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`samples` sampled selections and their rewards: keeps (S, B, L) bool and log p(answer) (S, B).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`samples` sampled selections: keeps (S, B, L) bool, rewards log p(answer) (S, B) and the scores each
+    was drawn from (S, B, L), differentiable when the selector is in training mode and grad is enabled.
 
     `make_compressor(temperature)` returns the step's compressor (same selector, same retention) drawing
     its keep sets at that sampling temperature.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    keeps, rewards = [], []
+    keeps, rewards, scores = [], [], []
     for _ in range(samples):
         with sift.compress(model, make_compressor(temperature)) as session:
             out = model(**inputs)
         if session.selection is None:
             raise RuntimeError("policy rollout: the compressor made no selection (no media in the batch?)")
         keeps.append(session.selection.keep)
-        rewards.append(answer_log_likelihood(out.logits, labels, session.stats))
-    return torch.stack(keeps), torch.stack(rewards)
+        scores.append(session.selection.scores)
+        rewards.append(answer_log_likelihood(out.logits.detach(), labels, session.stats))
+    return torch.stack(keeps), torch.stack(rewards), torch.stack(scores)
 
 
 def plackett_luce_log_prob(
@@ -115,10 +120,11 @@ def policy_loss(
 ) -> torch.Tensor:
     """Self-critical REINFORCE: -mean over samples and rows of (reward - greedy reward) * log P(sample).
 
-    scores (B, L) differentiable; keeps (S, B, L); rewards (S, B); greedy_reward (B,).
+    scores (S, B, L) differentiable, the scores each sample was drawn from; keeps (S, B, L); rewards (S, B);
+    greedy_reward (B,).
     """
     advantage = (rewards - greedy_reward.detach()[None]).detach()
-    log_probs = torch.stack([plackett_luce_log_prob(scores, keep, groups, temperature) for keep in keeps])
+    log_probs = torch.stack([plackett_luce_log_prob(sc, keep, groups, temperature) for sc, keep in zip(scores, keeps)])
     return -(advantage.to(log_probs.device) * log_probs).mean()
 
 
@@ -133,12 +139,12 @@ def step_policy_loss(
     temperature: float,
     shrink: bool = True,
 ) -> torch.Tensor:
-    """The policy term of one training step: `session` and `logits` are the step's own compressed run (with
-    the selector in training mode, so its scores are differentiable), the greedy baseline; `shrink` False
-    when that run was `mode="mask"` (logits at every input position)."""
+    """The policy term of one training step: `session` and `logits` are the step's own compressed run, the
+    greedy baseline; `shrink` False when that run was `mode="mask"` (logits at every input position). The
+    selector must be in training mode (its rollout scores differentiable)."""
     greedy = answer_log_likelihood(logits.detach(), labels, session.stats if shrink else None)
-    keeps, rewards = sample_rollouts(
+    keeps, rewards, scores = sample_rollouts(
         model, lambda t: dataclasses.replace(compressor, sample_temperature=t), inputs, labels, samples, temperature
     )
     groups = list(selection_groups(session.layout, compressor.audio_rule))
-    return policy_loss(session.selection.scores, keeps, rewards, greedy, groups, temperature)
+    return policy_loss(scores, keeps, rewards, greedy, groups, temperature)

@@ -56,7 +56,8 @@ class OmniSIFT(Compressor):
     rho_video: float | None = None
     audio_topk: Literal["clip", "chunk"] | None = None  # None: the selector config's rule
     #: draw each unit's keep set from Plackett-Luce(scores / T) instead of the top-k (Gumbel-top-k), with the
-    #: same budgets: the rollouts of policy-gradient training (`train.policy`); None at inference
+    #: same budgets: the rollouts of policy-gradient training (`train.policy`; in training mode the scores stay
+    #: differentiable and no gates are made); None at inference
     sample_temperature: float | None = None
 
     def __post_init__(self) -> None:
@@ -111,7 +112,10 @@ class OmniSIFT(Compressor):
         self.selector.check_hidden_size(batch.embeds.shape[-1])
         training = self.training
         keep = self.keep_all(batch) & ~batch.layout.media_mask(batch.device)
-        gate = torch.ones(keep.shape, dtype=torch.float32, device=batch.device) if training else None
+        # a sampled selection (policy rollouts) keeps differentiable scores but no gates: the model's forward on
+        # it then builds no graph (the log-probability of the draw is taken from the scores alone)
+        gated = training and self.sample_temperature is None
+        gate = torch.ones(keep.shape, dtype=torch.float32, device=batch.device) if gated else None
         scores = torch.zeros(keep.shape, dtype=torch.float32, device=batch.device)
         with contextlib.nullcontext() if training else torch.no_grad():
             for b, row in enumerate(batch.layout.rows):

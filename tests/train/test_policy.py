@@ -60,10 +60,14 @@ def test_sampled_selections_keep_the_budgets_and_differ_from_the_greedy_one(froz
     with torch.no_grad(), sift.compress(frozen, OmniSIFT(retention=0.3, selector=selector)) as session:
         frozen(**synth_inputs)
     greedy = session.selection.keep
-    keeps, rewards = sample_rollouts(
+    keeps, rewards, scores = sample_rollouts(
         frozen, lambda t: OmniSIFT(retention=0.3, selector=selector, sample_temperature=t), synth_inputs, labels, 3, 0.1
     )
-    assert keeps.shape == (3, *greedy.shape) and rewards.shape == (3, 1)
+    assert keeps.shape == scores.shape == (3, *greedy.shape) and rewards.shape == (3, 1)
+    assert scores.requires_grad  # the scores each draw came from, for its log-probability
+    with sift.compress(frozen, OmniSIFT(retention=0.3, selector=selector, sample_temperature=0.1)) as rollout:
+        out = frozen(**synth_inputs)
+    assert rollout.selection.gate is None and not out.logits.requires_grad  # the frozen model built no graph
     groups = list(selection_groups(session.layout, "clip"))
     for keep in keeps:
         assert not torch.equal(keep, greedy)
@@ -71,7 +75,7 @@ def test_sampled_selections_keep_the_budgets_and_differ_from_the_greedy_one(froz
             assert int(keep[b, pos].sum()) == int(greedy[b, pos].sum())
         assert torch.equal(keep & ~session.layout.media_mask(), greedy & ~session.layout.media_mask())
     # a vanishing temperature draws the greedy selection
-    tiny_t, _ = sample_rollouts(
+    tiny_t, _, _ = sample_rollouts(
         frozen, lambda t: OmniSIFT(retention=0.3, selector=selector, sample_temperature=t), synth_inputs, labels, 1, 1e-9
     )
     assert torch.equal(tiny_t[0], greedy)
@@ -105,12 +109,13 @@ def test_policy_loss_moves_the_scores_towards_the_sample_that_beat_the_greedy_on
     better = torch.tensor([[False, False, True, True]])
     worse = torch.tensor([[True, True, False, False]])
     keeps = torch.stack([better, worse])
+    drawn_from = scores.expand(2, 1, 4)  # both drawn from the same scores
     rewards = torch.tensor([[-0.5], [-3.0]])
-    loss = policy_loss(scores, keeps, rewards, torch.tensor([-1.0]), groups, 0.1)
+    loss = policy_loss(drawn_from, keeps, rewards, torch.tensor([-1.0]), groups, 0.1)
     loss.backward()
     step = scores - 0.1 * scores.grad
     assert step[0, 2:].min() > step[0, :2].max()
-    same = policy_loss(scores, keeps, torch.tensor([[-1.0], [-1.0]]), torch.tensor([-1.0]), groups, 0.1)
+    same = policy_loss(drawn_from, keeps, torch.tensor([[-1.0], [-1.0]]), torch.tensor([-1.0]), groups, 0.1)
     assert same.item() == 0.0  # no sample beat or lost to the greedy one: no signal
 
 
