@@ -17,12 +17,6 @@ from sift.testbed.tiny import tiny_thinker
 from train.importance import gate_importance, ranking_loss, selection_groups
 
 
-def _labels(inputs, n=6):
-    labels = inputs["input_ids"].clone()
-    labels[:, :-n] = -100
-    return labels
-
-
 @pytest.fixture(scope="module")
 def frozen(thinker_config):
     model = tiny_thinker(thinker_config, seed=0, attn_implementation="sdpa").double()
@@ -39,9 +33,9 @@ def _log_likelihood(model, inputs, labels, gate=None):
 
 
 @pytest.mark.slow
-def test_importance_is_the_first_order_effect_of_dropping_a_token(frozen, synth_inputs):
+def test_importance_is_the_first_order_effect_of_dropping_a_token(frozen, synth_inputs, answer_labels):
     inputs = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in synth_inputs.items()}
-    labels = _labels(inputs)
+    labels = answer_labels
     importance = gate_importance(frozen, inputs, labels)
     layout = sift.layout_of(inputs, frozen.config)
     media = torch.nonzero(layout.media_mask(torch.device("cpu"))[0]).flatten()
@@ -62,9 +56,9 @@ def test_importance_is_the_first_order_effect_of_dropping_a_token(frozen, synth_
 
 
 @pytest.mark.slow
-def test_importance_at_a_keep_mask_is_the_first_order_effect_of_adding_a_dropped_token(frozen, synth_inputs):
+def test_importance_at_a_keep_mask_is_the_first_order_effect_of_adding_a_dropped_token(frozen, synth_inputs, answer_labels):
     inputs = {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in synth_inputs.items()}
-    labels = _labels(inputs)
+    labels = answer_labels
     media = torch.nonzero(sift.layout_of(inputs, frozen.config).media_mask(torch.device("cpu"))[0]).flatten()
     keep = torch.ones(inputs["input_ids"].shape, dtype=torch.float64)
     dropped = media[::2]
@@ -114,12 +108,12 @@ def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.slow
-def test_ranking_loss_trains_the_selector_towards_the_teachers_order(thinker_config, synth_inputs):
+def test_ranking_loss_trains_the_selector_towards_the_teachers_order(thinker_config, synth_inputs, answer_labels):
     """Only the selector learns; after a few steps its video scores follow the teacher's order much better."""
     torch.manual_seed(0)
     model = tiny_thinker(thinker_config, seed=0, attn_implementation="sdpa")
     model.requires_grad_(False)
-    labels = _labels(synth_inputs)
+    labels = answer_labels
     importance = gate_importance(model, synth_inputs, labels)
     selector = OmniSIFTSelector.from_config(model.config).train()
     comp = OmniSIFT(retention=0.3, selector=selector)
@@ -142,14 +136,14 @@ def test_ranking_loss_trains_the_selector_towards_the_teachers_order(thinker_con
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a step outside a Trainer
-def test_selector_module_adds_the_ranking_term(thinker_config, synth_inputs):
+def test_selector_module_adds_the_ranking_term(thinker_config, synth_inputs, answer_labels):
     pytest.importorskip("lightning")
     from train.module import SelectorModule
 
     module = SelectorModule(model="tiny", importance_weight=1.0, train_mode="mask", retention_range=(0.3, 0.3))
     module.configure_model()
     module.train()
-    batch = {**synth_inputs, "labels": _labels(synth_inputs)}
+    batch = {**synth_inputs, "labels": answer_labels}
     loss = module.training_step(batch, 0)
     with sift.compress(module.model, module._compressor(0.3), mode="mask"):
         ce = module.model(**module._model_inputs(batch), labels=batch["labels"]).loss

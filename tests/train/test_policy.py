@@ -17,12 +17,6 @@ from train.importance import selection_groups
 from train.policy import answer_log_likelihood, plackett_luce_log_prob, policy_loss, sample_rollouts
 
 
-def _labels(inputs, n=6):
-    labels = inputs["input_ids"].clone()
-    labels[:, :-n] = -100
-    return labels
-
-
 @pytest.fixture(scope="module")
 def frozen(thinker_config):
     model = tiny_thinker(thinker_config, seed=0, attn_implementation="sdpa")
@@ -30,8 +24,8 @@ def frozen(thinker_config):
     return model
 
 
-def test_answer_log_likelihood_is_the_models_own_loss_times_the_label_count(frozen, synth_inputs):
-    labels = _labels(synth_inputs)
+def test_answer_log_likelihood_is_the_models_own_loss_times_the_label_count(frozen, synth_inputs, answer_labels):
+    labels = answer_labels
     comp = OmniSIFT(retention=0.3, selector=OmniSIFTSelector.from_config(frozen.config))
     with torch.no_grad(), sift.compress(frozen, comp) as session:
         out = frozen(**synth_inputs, labels=labels)
@@ -53,10 +47,10 @@ def test_gumbel_top_1_is_a_softmax_draw():
     assert torch.allclose(freq, torch.softmax(scores / T, dim=0), atol=0.01), freq
 
 
-def test_sampled_selections_keep_the_budgets_and_differ_from_the_greedy_one(frozen, synth_inputs):
+def test_sampled_selections_keep_the_budgets_and_differ_from_the_greedy_one(frozen, synth_inputs, answer_labels):
     torch.manual_seed(0)
     selector = OmniSIFTSelector.from_config(frozen.config)
-    labels = _labels(synth_inputs)
+    labels = answer_labels
     with torch.no_grad(), sift.compress(frozen, OmniSIFT(retention=0.3, selector=selector)) as session:
         frozen(**synth_inputs)
     greedy = session.selection.keep
@@ -121,7 +115,7 @@ def test_policy_loss_moves_the_scores_towards_the_sample_that_beat_the_greedy_on
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a step outside a Trainer
-def test_selector_module_adds_the_policy_term_and_trains_only_the_selector(thinker_config, synth_inputs):
+def test_selector_module_adds_the_policy_term_and_trains_only_the_selector(thinker_config, synth_inputs, answer_labels):
     pytest.importorskip("lightning")
     from train.module import SelectorModule
 
@@ -129,7 +123,7 @@ def test_selector_module_adds_the_policy_term_and_trains_only_the_selector(think
     module = SelectorModule(model="tiny", policy_weight=1.0, policy_samples=2, retention_range=(0.3, 0.3))
     module.configure_model()
     module.train()
-    batch = {**synth_inputs, "labels": _labels(synth_inputs)}
+    batch = {**synth_inputs, "labels": answer_labels}
     loss = module.training_step(batch, 0)
     with torch.no_grad(), sift.compress(module.model, module._compressor(0.3)):
         ce = module.model(**module._model_inputs(batch), labels=batch["labels"]).loss
