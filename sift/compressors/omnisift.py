@@ -146,8 +146,8 @@ class OmniSIFT(Compressor):
 
     def _gate(self, scores: torch.Tensor, k: int, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.selector.config
-        if self.sample_temperature is not None:
-            scores = scores.detach() + gumbel_noise(scores) * self.sample_temperature
+        if self.sample_temperature is not None:  # a draw, not a straight-through top-k: the config's noise is not added
+            return soft_topk_gate(scores.detach() + gumbel_noise(scores) * self.sample_temperature, k, cfg.ste_temperature)
         return soft_topk_gate(scores, k, cfg.ste_temperature, gumbel=cfg.gumbel and training)
 
     def _video(self, batch, b, row: RowLayout, frame_budgets, keep, gate, scores, training) -> dict[int, torch.Tensor]:
