@@ -20,10 +20,11 @@ thinker is frozen with ``requires_grad_(False)`` and in eval mode; the selector 
 * ``shrink+rank`` / ``mask+rank``: the mode plus importance distillation (:mod:`train.importance`): first the
   teacher, the frozen model on all tokens through masked attention with every gate at 1, forward + backward to
   the gates (counted in the forward time), then the mode's step with the listwise ranking loss added.
+  ``shrink+rank`` is what ``configs/synthav-v2-selector.yaml`` trains with.
 * ``shrink+policy``: shrink plus the set-level policy gradient (:mod:`train.policy`): after the step's forward,
   ``--policy-samples`` keep sets drawn from the selector's scores, each a compressed forward of the frozen
   model without gradient (counted in the forward time), and the REINFORCE term added to the loss. It is what
-  ``configs/synthav-v2-selector.yaml`` trains with.
+  ``configs/synthav-v2-selector-policy.yaml`` trains with.
 * ``full``: no sift. The frozen model on all tokens, forward with labels + backward, with the gradient flowing
   to the input-embedding output only (a forward hook on ``get_input_embeddings()`` turns its output into a leaf
   that requires grad), so the backward runs through the whole LLM as in the other two: the reference cost of
@@ -93,7 +94,7 @@ from sift.testbed.media import synth_clip  # noqa: E402
 from sift.testbed.random_models import omni_thinker_config, random_thinker  # noqa: E402
 from sift.testbed.tiny import omni_inputs, tiny_processor, tiny_thinker, tiny_thinker_config, tiny_tokenizer  # noqa: E402
 from train.importance import gate_importance, ranking_loss, selection_groups  # noqa: E402
-from train.policy import step_policy_loss  # noqa: E402
+from train.policy import POLICY_TEMPERATURE, step_policy_loss  # noqa: E402
 
 MODES = ("full", "shrink", "shrink+rank", "shrink+policy", "mask", "mask+rank")
 MODELS = ("tiny", "7b")
@@ -275,7 +276,8 @@ def train_step(case: Case, mode: str, retention: float, device: torch.device, wa
             groups = selection_groups(session.layout, compressor.audio_rule)
             loss = loss + ranking_loss(session.selection.scores, importance, groups)
     if mode.endswith("+policy"):  # the rollouts are sift.compress sessions of their own
-        loss = loss + step_policy_loss(case.model, compressor, session, out.logits, inputs, labels, policy_samples, 0.1)
+        loss = loss + step_policy_loss(case.model, compressor, session, out.logits, inputs, labels, policy_samples,
+                                       POLICY_TEMPERATURE)
     t1 = _now(device)
     loss.backward()
     t2 = _now(device)

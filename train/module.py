@@ -50,7 +50,7 @@ from sift.models import adapter_for, load_thinker, thinker_config_of
 from sift.testbed.catalog import TINY_MODELS, tiny_config_named, tiny_model_named
 from sift.selector import OmniSIFTSelector
 from train.importance import gate_importance, ranking_loss, selection_groups
-from train.policy import step_policy_loss
+from train.policy import POLICY_TEMPERATURE, step_policy_loss
 
 __all__ = [
     "SelectorModule",
@@ -146,7 +146,7 @@ class SelectorModule(L.LightningModule):
         importance_temperature: float = 1.0,
         policy_weight: float = 0.0,
         policy_samples: int = 2,
-        policy_temperature: float = 0.1,
+        policy_temperature: float = POLICY_TEMPERATURE,
         train_mode: str = "shrink",
         lr: float = 1e-5,
         weight_decay: float = 0.0,

@@ -38,7 +38,13 @@ import sift
 from sift.compressors.omnisift import OmniSIFT
 from train.importance import selection_groups
 
-__all__ = ["answer_log_likelihood", "sample_rollouts", "plackett_luce_log_prob", "policy_loss", "step_policy_loss"]
+__all__ = ["POLICY_TEMPERATURE", "answer_log_likelihood", "sample_rollouts", "plackett_luce_log_prob", "policy_loss", "step_policy_loss"]
+
+
+#: The default sampling temperature T of the draws (the training app's `policy_temperature`): with scores
+#: spread about 0.5 within a frame or audio window, scores / T puts the top ranks well ahead while still
+#: swapping tokens near each unit's budget.
+POLICY_TEMPERATURE = 0.1
 
 
 def answer_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, stats: sift.CompressionStats | None) -> torch.Tensor:
@@ -95,7 +101,7 @@ def plackett_luce_log_prob(
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
-    out = scores.new_zeros(scores.shape[0])
+    per_row = [scores.new_zeros(())] * scores.shape[0]
     for b, positions in groups:
         pos = positions.to(scores.device)
         kept = keep[b, pos].to(scores.device)
@@ -106,8 +112,8 @@ def plackett_luce_log_prob(
         kept_x = torch.sort(x[kept], descending=True).values
         ordered = torch.cat([kept_x, x[~kept]])
         suffix = torch.logcumsumexp(ordered.flip(0), dim=0).flip(0)
-        out = out.index_add(0, torch.tensor([b], device=scores.device), (kept_x - suffix[:k]).sum()[None])
-    return out
+        per_row[b] = per_row[b] + (kept_x - suffix[:k]).sum()
+    return torch.stack(per_row)
 
 
 def policy_loss(
