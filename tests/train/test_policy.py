@@ -82,8 +82,9 @@ def test_plackett_luce_log_prob_is_the_sequential_softmax_formula():
     T = 0.5
     x = scores[0] / T
     groups = [(0, torch.tensor([0, 1, 2])), (0, torch.tensor([3, 4]))]
-    keep = torch.tensor([[True, False, True, False, True]])  # unit 1 keeps {0, 2}; unit 2 keeps {4}
-    first = x[0] - torch.logsumexp(x[[0, 1, 2]], 0) + x[2] - torch.logsumexp(x[[1, 2]], 0)
+    keep = torch.tensor([[False, True, True, False, True]])  # unit 1 keeps {1, 2}; unit 2 keeps {4}
+    # in descending score order: token 2 (score 1.0) first, then token 1 (0.5), whatever their positions
+    first = x[2] - torch.logsumexp(x[[0, 1, 2]], 0) + x[1] - torch.logsumexp(x[[0, 1]], 0)
     second = x[4] - torch.logsumexp(x[[3, 4]], 0)
     got = plackett_luce_log_prob(scores, keep, groups, T)
     assert got.item() == pytest.approx((first + second).item(), rel=1e-6)
