@@ -14,6 +14,10 @@
 # A variant is MODE-LR plus optional +flags:
 #   +rankW      importance_weight W (without it the config's value holds)
 #   +policyW    policy_weight W: the set-level policy-gradient term (train/policy.py)
+#   +ptempT     policy_temperature T of its keep-set draws (0: keep sets are not drawn, the greedy top-k)
+#   +capP       policy_reward_cap P: a label's probability above P earns the policy no more reward
+#   +splitS     a learned budget split (budget_split: learned), its offsets drawn at policy_split_noise S by
+#               the policy term (the split's only training signal: give +policyW too)
 #   +noguide    selector without visual guidance: audio scored from audio alone
 #   +nores      video by the parameter-free base, no learned residual
 #   +spatial / +temporal / +mixed   video_base: the residual sits on spatial saliency of every frame, on
@@ -79,13 +83,21 @@ for variant in $VARIANTS; do
             edits+=(-e "s#^  importance_weight: .*#  importance_weight: ${flag#rank}#")
         elif [[ $flag == policy* && $base != untrained ]]; then  # after importance_weight, replacing any of its own
             edits+=(-e "/^  policy_weight: /d" -e "/^  importance_weight: /a\\  policy_weight: ${flag#policy}")
+        elif [[ $flag == ptemp* && $base != untrained ]]; then
+            edits+=(-e "/^  policy_temperature: /d" -e "/^  importance_weight: /a\\  policy_temperature: ${flag#ptemp}")
+        elif [[ $flag == cap* && $base != untrained ]]; then
+            edits+=(-e "/^  policy_reward_cap: /d" -e "/^  importance_weight: /a\\  policy_reward_cap: ${flag#cap}")
+        elif [[ $flag == split* && $base != untrained ]]; then
+            edits+=(-e "/^  policy_split_noise: /d" -e "/^  importance_weight: /a\\  policy_split_noise: ${flag#split}")
+            lines+="\n    budget_split: learned"
+            edits+=(-e "/^    budget_split: /d")
         elif option=$(selector_option "$flag"); then
             read -r key yaml_value py_value <<< "$option"
             lines+="\n    $key: $yaml_value"
             edits+=(-e "/^    $key: /d")  # the config's own setting of it, if any
             kwargs+="$key=$py_value, "
         else
-            echo "unknown variant flag '$flag' in $variant (rankW, policyW, noguide, nores, spatial, temporal, mixed, chunk, clip)" >&2; exit 2
+            echo "unknown variant flag '$flag' in $variant (rankW, policyW, ptempT, capP, splitS, noguide, nores, spatial, temporal, mixed, chunk, clip)" >&2; exit 2
         fi
     done
     if [ "$base" = untrained ]; then

@@ -25,6 +25,7 @@ __all__ = [
     "video_frame_budgets",
     "audio_window_budgets",
     "audio_clip_budgets",
+    "shift_split",
 ]
 
 
@@ -192,3 +193,37 @@ def audio_clip_budgets(row: RowLayout, keep_audio: int) -> list[int]:
     """Integer keep-count per audio clip of the row (`row.audio_clips`), proportional to its audio tokens."""
     sizes = [sum(w.num_audio for w in clip.windows) for clip in row.audio_clips]
     return allocate(keep_audio, sizes, sizes)
+
+
+def shift_split(
+    audio: int,
+    video: int,
+    offset: float,
+    *,
+    audio_cap: int,
+    video_cap: int,
+    audio_floor: int = 1,
+    video_floor: int = 0,
+) -> tuple[int, int]:
+    """Move a window's budget between its audio and its video: the audio share's logit plus `offset`.
+
+    `audio + video` is kept exactly; the new audio count is `round(total * sigmoid(logit(audio / total) +
+    offset))`, within the caps (the window's tokens) and floors (a token per frame, one audio token). Why
+    the logit: an offset means the same relative move whatever the share, and offset 0 returns
+    `(audio, video)` unchanged, so a zero-initialised learned split starts as the fixed one. A share of 0
+    or 1 is read as a quarter token off it, so an offset can still move it. Floors never exceed what the
+    window had: a budget too small for them stays as it was allocated.
+    """
+    total = audio + video
+    if total == 0 or audio_cap == 0 or video_cap == 0:
+        return audio, video
+    share = min(max(audio / total, 0.25 / total), 1.0 - 0.25 / total)
+    moved = 1.0 / (1.0 + math.exp(-(math.log(share / (1.0 - share)) + float(offset))))
+    new_audio = min(total, int(math.floor(total * moved + 0.5)))
+    audio_floor, video_floor = min(audio_floor, audio), min(video_floor, video)
+    new_audio = max(audio_floor, min(new_audio, audio_cap, total - video_floor))
+    new_video = total - new_audio
+    if new_video > video_cap:
+        new_video = video_cap
+        new_audio = total - video_cap
+    return new_audio, new_video

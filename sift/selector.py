@@ -30,7 +30,16 @@ from transformers import PretrainedConfig, PreTrainedModel
 
 from sift.models import thinker_config_of
 
-__all__ = ["OmniSIFTConfig", "OmniSIFTSelector", "VGAS", "LearnableSTVP", "PUBLISHED_PREFIX", "VIDEO_BASES"]
+__all__ = [
+    "OmniSIFTConfig",
+    "OmniSIFTSelector",
+    "VGAS",
+    "LearnableSTVP",
+    "BudgetSplit",
+    "PUBLISHED_PREFIX",
+    "VIDEO_BASES",
+    "BUDGET_SPLITS",
+]
 
 #: Where the published OmniSIFT-7B checkpoint keeps the selector's weights.
 PUBLISHED_PREFIX = "thinker.compressor."
@@ -44,6 +53,9 @@ QWEN25_THINKER = "qwen2_5_omni_thinker"
 
 #: The parameter-free video scores a selector's residual can sit on (`OmniSIFTConfig.video_base`).
 VIDEO_BASES = ("temporal", "spatial", "mixed")
+
+#: How a retention budget is split between a window's audio and video (`OmniSIFTConfig.budget_split`).
+BUDGET_SPLITS = ("fixed", "learned")
 
 
 class OmniSIFTConfig(PretrainedConfig):
@@ -74,6 +86,14 @@ class OmniSIFTConfig(PretrainedConfig):
             Why: under camera motion every cell changes between frames, so the temporal rule ranks background
             over the object (SynthAV v2's panning backgrounds), while spatial saliency alone misses change that
             matters; checkpoints written before the option existed used "temporal".
+        budget_split: "fixed" splits a retention budget by `audio_advantage` alone; "learned" adds a small
+            head (`BudgetSplit`) that moves each 2 s window's budget between its audio and its video, from
+            the window's content and its share. Zero at initialisation (the fixed split); trained by the
+            training app's policy gradient (a budget is an integer count: no gradient reaches it otherwise).
+            Why: the best fixed split depends on the retention and the clip (on the SynthAV v2 tuning split
+            an advantage of 0.5 beats 0.3 at r = 0.15, 0.15 beats it at r = 0.25). Only with a retention:
+            prune ratios fix every unit's count.
+        split_dim / split_hidden: widths of that head's token projection and MLP.
         rho_audio / rho_video: the selector's own operating point as prune ratios (fraction dropped per
             window / per frame), used when the compressor gets no retention; `from_published` sets the
             reference's 0.3 / 0.7. None: a retention must be given.
@@ -101,6 +121,9 @@ class OmniSIFTConfig(PretrainedConfig):
         stvp_residual: bool = True,
         base_model: str = QWEN25_THINKER,
         video_base: str = "temporal",
+        budget_split: str = "fixed",
+        split_dim: int = 64,
+        split_hidden: int = 64,
         **kwargs: Any,
     ):
         if init not in ("omnizip", "random"):
@@ -114,6 +137,8 @@ class OmniSIFTConfig(PretrainedConfig):
             raise ValueError(f"audio_topk must be 'clip' or 'chunk', got {audio_topk!r}")
         if video_base not in VIDEO_BASES:
             raise ValueError(f"video_base must be one of {', '.join(map(repr, VIDEO_BASES))}, got {video_base!r}")
+        if budget_split not in BUDGET_SPLITS:
+            raise ValueError(f"budget_split must be one of {', '.join(map(repr, BUDGET_SPLITS))}, got {budget_split!r}")
         if (rho_audio is None) != (rho_video is None) or any(
             r is not None and not 0.0 <= r < 1.0 for r in (rho_audio, rho_video)
         ):
@@ -136,6 +161,9 @@ class OmniSIFTConfig(PretrainedConfig):
         self.visual_guidance = bool(visual_guidance)
         self.stvp_residual = bool(stvp_residual)
         self.video_base = video_base
+        self.budget_split = budget_split
+        self.split_dim = split_dim
+        self.split_hidden = split_hidden
         super().__init__(**kwargs)
 
 
@@ -186,6 +214,27 @@ class LearnableSTVP(nn.Module):
         return self.mlp(features).squeeze(-1)
 
 
+class BudgetSplit(nn.Module):
+    """Per-window offset of the audio share's logit (`sift.budget.shift_split`); zero at initialisation.
+
+    Reads the window's mean audio and mean video token (projected), the logit of the fixed split's audio
+    share and the log of the window's keep fraction: what it holds and how tight the budget is.
+    """
+
+    def __init__(self, hidden_size: int, dim: int = 64, hidden: int = 64):
+        super().__init__()
+        self.proj = nn.Linear(hidden_size, dim)
+        self.mlp = nn.Sequential(nn.Linear(2 * dim + 2, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, audio: torch.Tensor, video: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
+        """Offsets (W,) for W windows: audio and video lists of (n, D) tokens, budget (W, 2) features."""
+        pooled = [torch.cat([self.proj(a).mean(0), self.proj(v).mean(0)]) for a, v in zip(audio, video)]
+        features = torch.cat([torch.stack(pooled), budget.to(self.proj.weight.dtype)], dim=-1)
+        return self.mlp(features).squeeze(-1)
+
+
 class OmniSIFTSelector(PreTrainedModel):
     """Learnable STVP + VGAS. Use through `sift.get_compressor("omnisift", selector=...)`."""
 
@@ -197,6 +246,7 @@ class OmniSIFTSelector(PreTrainedModel):
         super().__init__(config)
         self.vgas = VGAS(config.hidden_size, config.vgas_dim, config.vgas_heads, config.score_dim)
         self.stvp = LearnableSTVP(config.hidden_size, config.stvp_dim, config.stvp_hidden)
+        self.split = BudgetSplit(config.hidden_size, config.split_dim, config.split_hidden) if config.budget_split == "learned" else None
         self.post_init()
         self._init_selector()
 
@@ -209,6 +259,9 @@ class OmniSIFTSelector(PreTrainedModel):
             nn.init.zeros_(self.vgas.score_head[2].bias)
         nn.init.zeros_(self.stvp.mlp[2].weight)
         nn.init.zeros_(self.stvp.mlp[2].bias)
+        if self.split is not None:
+            nn.init.zeros_(self.split.mlp[2].weight)
+            nn.init.zeros_(self.split.mlp[2].bias)
 
     @classmethod
     def from_config(cls, config: Any, **kwargs: Any) -> "OmniSIFTSelector":
@@ -266,6 +319,18 @@ class OmniSIFTSelector(PreTrainedModel):
         dtype = self.stvp.proj.weight.dtype
         residual = self.stvp(tokens.to(dtype), spatial.to(dtype), temporal.to(dtype)).float()
         return base.float() + residual
+
+    def split_offsets(self, audio: list[torch.Tensor], video: list[torch.Tensor], shares: list[float], keep_fractions: list[float]) -> torch.Tensor:
+        """The learned audio-share offsets (W,) of W windows (their audio and video tokens, the fixed split's
+        audio share of each window's budget and the fraction of the window's tokens that budget keeps)."""
+        if self.split is None:
+            raise RuntimeError("this selector has no learned budget split (budget_split='fixed')")
+        eps = 1e-3
+        share = torch.tensor(shares, dtype=torch.float32).clamp(eps, 1 - eps)
+        kept = torch.tensor(keep_fractions, dtype=torch.float32).clamp_min(eps)
+        budget = torch.stack([torch.log(share / (1 - share)), torch.log(kept)], dim=-1).to(audio[0].device)
+        dtype = self.split.proj.weight.dtype
+        return self.split([a.to(dtype) for a in audio], [v.to(dtype) for v in video], budget).float()
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod

@@ -118,7 +118,12 @@ class SelectorModule(L.LightningModule):
         policy_weight / policy_samples / policy_temperature: the set-level policy-gradient term
             (`train.policy`): `policy_samples` selections drawn from Plackett-Luce(scores / temperature),
             rewarded by the frozen model's answer log-likelihood on each, against the greedy selection's
-            (self-critical REINFORCE; 0: off).
+            (self-critical REINFORCE; 0: off). `policy_temperature` 0 draws no keep sets (the greedy top-k).
+        policy_split_noise: with a learned budget split (`selector: {budget_split: learned}`), the standard
+            deviation of each window's drawn audio-share offset in the policy rollouts: the one signal that
+            trains the split (0: the split is not drawn, and stays as initialised).
+        policy_reward_cap: the policy's reward is the answer log-likelihood with each label's probability
+            capped at this (1: uncapped): confidence beyond it earns nothing (`train.policy.answer_log_likelihood`).
         train_mode: "shrink" (dropped tokens leave the sequence) or "mask" (masked attention, every media
             token gets gradient); see `sift.compress(mode=...)`.
         lr / weight_decay / warmup_ratio: AdamW and a cosine schedule with linear warmup.
@@ -147,6 +152,8 @@ class SelectorModule(L.LightningModule):
         policy_weight: float = 0.0,
         policy_samples: int = 2,
         policy_temperature: float = POLICY_TEMPERATURE,
+        policy_split_noise: float = 0.0,
+        policy_reward_cap: float = 1.0,
         train_mode: str = "shrink",
         lr: float = 1e-5,
         weight_decay: float = 0.0,
@@ -171,11 +178,15 @@ class SelectorModule(L.LightningModule):
             raise ValueError(
                 f"need importance_weight >= 0 and importance_temperature > 0, got {importance_weight}, {importance_temperature}"
             )
-        if policy_weight < 0 or policy_samples < 1 or policy_temperature <= 0:
+        if policy_weight < 0 or policy_samples < 1 or policy_temperature < 0 or policy_split_noise < 0:
             raise ValueError(
-                f"need policy_weight >= 0, policy_samples >= 1 and policy_temperature > 0, "
-                f"got {policy_weight}, {policy_samples}, {policy_temperature}"
+                f"need policy_weight >= 0, policy_samples >= 1, policy_temperature >= 0 and policy_split_noise >= 0, "
+                f"got {policy_weight}, {policy_samples}, {policy_temperature}, {policy_split_noise}"
             )
+        if not 0.0 < policy_reward_cap <= 1.0:
+            raise ValueError(f"policy_reward_cap must be in (0, 1], got {policy_reward_cap}")
+        if policy_weight > 0 and policy_temperature == 0 and policy_split_noise == 0:
+            raise ValueError("policy_weight > 0 samples nothing with policy_temperature 0 and policy_split_noise 0")
         if not (0.0 <= warmup_ratio < 1.0):
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
         if finetune == "lora" and not lora_targets:
@@ -185,6 +196,8 @@ class SelectorModule(L.LightningModule):
         self.retention_range = (lo, hi)
         self.model: torch.nn.Module | None = None  # the frozen thinker, built in configure_model()
         self.selector = self._build_selector()
+        if policy_split_noise > 0 and self.selector.split is None:
+            raise ValueError("policy_split_noise > 0 needs a selector with a learned budget split (selector: {budget_split: learned})")
 
         self.train_skipped = SumMetric()
         self.val_skipped = SumMetric()
@@ -385,9 +398,10 @@ class SelectorModule(L.LightningModule):
             loss = loss + self.hparams.importance_weight * rank
         policy = None
         if self.hparams.policy_weight > 0 and session.selection is not None:
-            policy = step_policy_loss(self.model, compressor, session, out.logits, inputs, labels,
-                                      self.hparams.policy_samples, self.hparams.policy_temperature,
-                                      shrink=self.hparams.train_mode == "shrink")
+            hp = self.hparams
+            policy = step_policy_loss(self.model, compressor, session, out.logits, inputs, labels, hp.policy_samples,
+                                      hp.policy_temperature or None, shrink=hp.train_mode == "shrink",
+                                      split_noise=hp.policy_split_noise or None, reward_cap=hp.policy_reward_cap)
             loss = loss + self.hparams.policy_weight * policy
         if not loss.requires_grad:  # nothing was dropped: no gradient path through the gates
             loss = loss + self._zero_loss()

@@ -15,6 +15,12 @@ each, and use the answer's log-likelihood as the reward (REINFORCE).
 - Baseline: self-critical. The advantage of a sample is its reward minus the greedy selection's reward
   (the training step's own compressed run), so the selector moves towards draws that beat what it would
   keep at inference, and away from draws that lose to it.
+- The budget split: a selector with a learned split (`budget_split="learned"`) can also draw each
+  window's audio-share offset around its own (`split_noise`, a normal draw). The draw's log-probability
+  (`Selection.log_prob`) joins the keep sets'; the greedy baseline uses the learned offsets. It is the only
+  signal that reaches the split: a budget is an integer count, so no loss gradient flows into it. With the
+  temperature None the keep sets are the greedy top-k and only the split is drawn (a far smaller space:
+  a few windows per row instead of every token).
 - Log-probability: of each sampled set under the Plackett-Luce distribution of the scores it was drawn
   from (that rollout's own: audio scores depend on the video the draw kept), its kept tokens taken in
   their score order. A first version scored every draw with the greedy run's scores instead; under those
@@ -28,7 +34,8 @@ retention), and their logits; no backward through the model.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterable
+import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -47,47 +54,58 @@ __all__ = ["POLICY_TEMPERATURE", "answer_log_likelihood", "sample_rollouts", "pl
 POLICY_TEMPERATURE = 0.1
 
 
-def answer_log_likelihood(logits: torch.Tensor, labels: torch.Tensor, stats: sift.CompressionStats | None) -> torch.Tensor:
-    """(B,) summed log-probability of each row's supervised labels.
+def answer_log_likelihood(
+    logits: torch.Tensor, labels: torch.Tensor, stats: sift.CompressionStats | None, cap: float = 1.0
+) -> torch.Tensor:
+    """(B,) summed log-probability of each row's supervised labels, each label's probability capped at `cap`.
 
     `logits` come from a run inside `sift.compress` (shrink mode: at the kept positions, found through
-    `stats.slots_of`) or, with `stats` None, cover the input positions.
+    `stats.slots_of`) or, with `stats` None, cover the input positions. Why the cap: as a reward, the plain
+    log-likelihood keeps paying for confidence in answers that are already right; capped, a label above
+    `cap` earns nothing more, and the reward moves only with answers in doubt (what accuracy counts).
     """
+    if not 0.0 < cap <= 1.0:
+        raise ValueError(f"cap must be in (0, 1], got {cap}")
     rows, cols = torch.nonzero(labels[:, 1:] != -100, as_tuple=True)  # cols: the position predicting label cols+1
     slots = cols if stats is None else stats.slots_of(rows, cols)
     dev = logits.device
     logp = F.log_softmax(logits[rows.to(dev), slots.to(dev)].float(), dim=-1)
     target = labels[rows, cols + 1].to(dev)
     picked = logp.gather(1, target[:, None]).squeeze(1)
+    if cap < 1.0:
+        picked = picked.clamp(max=math.log(cap))
     return torch.zeros(labels.shape[0], device=dev).index_add_(0, rows.to(dev), picked)
 
 
 def sample_rollouts(
     model: torch.nn.Module,
-    make_compressor: Callable[[float], OmniSIFT],
+    compressor: OmniSIFT,
     inputs: dict,
     labels: torch.Tensor,
     samples: int,
-    temperature: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """`samples` sampled selections: keeps (S, B, L) bool, rewards log p(answer) (S, B) and the scores each
-    was drawn from (S, B, L), differentiable when the selector is in training mode and grad is enabled.
+    reward_cap: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """`samples` sampled selections: keeps (S, B, L) bool, rewards log p(answer) (S, B), the scores each
+    was drawn from (S, B, L), differentiable when the selector is in training mode and grad is enabled, and
+    the log-probabilities of their budget draws (S, B), or None when the compressor draws no budget.
 
-    `make_compressor(temperature)` returns the step's compressor (same selector, same retention) drawing
-    its keep sets at that sampling temperature.
+    `compressor` is the step's (same selector, same retention) with its sampling on; `reward_cap` as in
+    `answer_log_likelihood`.
     """
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    keeps, rewards, scores = [], [], []
+    keeps, rewards, scores, budget = [], [], [], []
     for _ in range(samples):
-        with sift.compress(model, make_compressor(temperature)) as session:
+        with sift.compress(model, compressor) as session:
             out = model(**inputs)
         if session.selection is None:
             raise RuntimeError("policy rollout: the compressor made no selection (no media in the batch?)")
         keeps.append(session.selection.keep)
         scores.append(session.selection.scores)
-        rewards.append(answer_log_likelihood(out.logits.detach(), labels, session.stats))
-    return torch.stack(keeps), torch.stack(rewards), torch.stack(scores)
+        budget.append(session.selection.log_prob)
+        rewards.append(answer_log_likelihood(out.logits.detach(), labels, session.stats, reward_cap))
+    budget_log_probs = None if budget[0] is None else torch.stack(budget)
+    return torch.stack(keeps), torch.stack(rewards), torch.stack(scores), budget_log_probs
 
 
 def plackett_luce_log_prob(
@@ -122,15 +140,23 @@ def policy_loss(
     rewards: torch.Tensor,
     greedy_reward: torch.Tensor,
     groups: list[tuple[int, torch.Tensor]],
-    temperature: float,
+    temperature: float | None,
+    budget_log_probs: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Self-critical REINFORCE: -mean over samples and rows of (reward - greedy reward) * log P(sample).
 
     scores (S, B, L) differentiable, the scores each sample was drawn from; keeps (S, B, L); rewards (S, B);
-    greedy_reward (B,).
+    greedy_reward (B,). log P(sample) is the keep sets' Plackett-Luce term at `temperature` (None: the keep
+    sets were the greedy top-k, no term) plus `budget_log_probs` (S, B), the budget draws', when given.
     """
+    if temperature is None and budget_log_probs is None:
+        raise ValueError("policy_loss: nothing was sampled (no temperature and no budget draws)")
     advantage = (rewards - greedy_reward.detach()[None]).detach()
-    log_probs = torch.stack([plackett_luce_log_prob(sc, keep, groups, temperature) for sc, keep in zip(scores, keeps)])
+    log_probs = torch.zeros_like(advantage)
+    if temperature is not None:
+        log_probs = torch.stack([plackett_luce_log_prob(sc, keep, groups, temperature) for sc, keep in zip(scores, keeps)])
+    if budget_log_probs is not None:
+        log_probs = log_probs + budget_log_probs.to(log_probs.device)
     return -(advantage.to(log_probs.device) * log_probs).mean()
 
 
@@ -142,15 +168,22 @@ def step_policy_loss(
     inputs: dict,
     labels: torch.Tensor,
     samples: int,
-    temperature: float,
+    temperature: float | None,
     shrink: bool = True,
+    split_noise: float | None = None,
+    reward_cap: float = 1.0,
 ) -> torch.Tensor:
     """The policy term of one training step: `session` and `logits` are the step's own compressed run, the
     greedy baseline; `shrink` False when that run was `mode="mask"` (logits at every input position). The
-    selector must be in training mode (its rollout scores differentiable)."""
-    greedy = answer_log_likelihood(logits.detach(), labels, session.stats if shrink else None)
-    keeps, rewards, scores = sample_rollouts(
-        model, lambda t: dataclasses.replace(compressor, sample_temperature=t), inputs, labels, samples, temperature
-    )
+    selector must be in training mode (its rollout scores differentiable). `temperature` None draws no keep
+    sets; `split_noise` draws the learned budget split (a selector with `budget_split="learned"`); rewards
+    are answer log-likelihoods capped at `reward_cap` (`answer_log_likelihood`)."""
+    if temperature is None and split_noise is None:
+        raise ValueError("step_policy_loss: give a sampling temperature, a split_noise, or both")
+    if split_noise is not None and compressor.selector.split is None:
+        raise ValueError("split_noise needs a selector with a learned budget split (budget_split='learned')")
+    greedy = answer_log_likelihood(logits.detach(), labels, session.stats if shrink else None, reward_cap)
+    sampled = dataclasses.replace(compressor, sample_temperature=temperature, split_noise=split_noise)
+    keeps, rewards, scores, budget = sample_rollouts(model, sampled, inputs, labels, samples, reward_cap)
     groups = list(selection_groups(session.layout, compressor.audio_rule))
-    return policy_loss(scores, keeps, rewards, greedy, groups, temperature)
+    return policy_loss(scores, keeps, rewards, greedy, groups, temperature, budget)

@@ -30,7 +30,7 @@ Nothing is lost to one bad input:
   ``--overwrite`` starts over.
 
 Writes ``<out>/<prefix>results.json`` (settings, counts, accuracy per method x retention and per category,
-achieved retention, every prediction, failures, skipped samples and records), ``results.md`` (the tables)
+achieved retention and audio's share of the kept media tokens, every prediction, failures, skipped samples and records), ``results.md`` (the tables)
 and ``accuracy.png`` (accuracy vs retention, one line per method, the full-token accuracy as a horizontal
 line). Expected errors print one line (``SIFT_DEBUG=1`` shows the traceback).
 """
@@ -577,6 +577,8 @@ def _answer(model: Any, tok: Any, inputs: Any, compressor: Any, sample: Any, nam
         record, status="ok", reply=reply, letter=letter, correct=letter == sample.answer,
         achieved_retention=stats.retention if stats is not None else 1.0,
         llm_tokens=stats.tokens_after[0] if stats is not None else n_prompt, input_tokens=n_prompt,
+        audio_kept=stats.audio_after[0] if stats is not None else None,
+        video_kept=stats.video_after[0] if stats is not None else None,
     )
 
 
@@ -607,6 +609,7 @@ def _row(name: str, r: float, preds: list[dict[str, Any]], failed: int) -> dict[
         no_letter=sum(p["letter"] is None for p in preds),
         achieved_retention=float(np.mean([p["achieved_retention"] for p in preds])) if preds else float("nan"),
         mean_llm_tokens=float(np.mean([p["llm_tokens"] for p in preds])) if preds else float("nan"),
+        audio_share=_audio_share(preds),
         per_category={
             c: dict(n=len(ps), accuracy=accuracy([p["letter"] for p in ps], [p["answer"] for p in ps]))
             for c, ps in sorted(cats.items())
@@ -719,13 +722,23 @@ def _category_table(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _audio_share(preds: list[dict[str, Any]]) -> float:
+    """Audio's share of the kept media tokens, over the answers that record it (answers files written before
+    the counts were recorded have none: nan). Why: it is how a method spends its budget between modalities."""
+    counted = [p for p in preds if p.get("audio_kept") is not None]
+    kept = sum(p["audio_kept"] + p["video_kept"] for p in counted)
+    return sum(p["audio_kept"] for p in counted) / kept if kept else float("nan")
+
+
 def _token_table(rows: list[dict[str, Any]]) -> list[str]:
-    lines = ["", "## Tokens", "", "| method | r | achieved retention | mean LLM tokens | replies without a letter | failed |",
-             "|---|---|---|---|---|---|"]
+    lines = ["", "## Tokens", "",
+             "| method | r | achieved retention | mean LLM tokens | audio share of kept media | replies without a letter | failed |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
+        share = r.get("audio_share", float("nan"))
         lines.append(
             f"| {r['label']} | {r['retention']:g} | {r['achieved_retention']:.3f} | {r['mean_llm_tokens']:.0f} "
-            f"| {r['no_letter']} | {r['failed']} |"
+            f"| {'' if share != share else f'{share:.2f}'} | {r['no_letter']} | {r['failed']} |"
         )
     return lines
 

@@ -89,6 +89,10 @@ class Selection:
     # gradient through its soft scores. The plug-in applies them: by default to the kept embeddings
     # (gradient reaches kept tokens only); with `mode="mask"` to every attention key (all tokens).
     gate: torch.Tensor | None = None
+    # (B,) log-probability of the random budget choices of a sampling compressor (OmniSIFT's learned split
+    # under `split_noise`), differentiable in its parameters: policy-gradient training adds it to the
+    # keep sets' own. None: the selection drew no budget.
+    log_prob: torch.Tensor | None = None
 
 
 @dataclass

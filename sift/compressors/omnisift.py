@@ -10,7 +10,10 @@ trains) or per 2 s window (`audio_topk="chunk"`, the published OmniSIFT's rule).
 The budget is either `retention` (exact over the row, split between audio and video by the selector's
 `audio_advantage`) or the reference's prune ratios: each frame keeps `n - int(n * rho_video)` tokens and
 each window `n - int(n * rho_audio)` audio tokens. A selector converted with `from_published` carries
-the reference's rule and ratios (chunk, 0.3 / 0.7), used when neither is given.
+the reference's rule and ratios (chunk, 0.3 / 0.7), used when neither is given. A selector with a learned
+budget split (`budget_split="learned"`) then moves each window's retention budget between its audio and
+its video (`sift.budget.shift_split`, by the selector's `BudgetSplit` offsets): totals stay exact, and an
+untrained split is the fixed one.
 
 In training mode (the selector in `.train()` and grad enabled) both top-k's are straight-through: the
 selection carries gates whose value is exactly the keep decision and whose gradient flows through the
@@ -31,7 +34,9 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from sift.budget import audio_clip_budgets, audio_window_budgets, split_row, video_frame_budgets
+import math
+
+from sift.budget import audio_clip_budgets, audio_window_budgets, shift_split, split_row, video_frame_budgets
 from sift.compressors.base import CompressionBatch, Compressor, Selection, check_prune_ratios
 from sift.compressors.registry import register
 from sift.layout import RowLayout, Segment, same_cells
@@ -59,6 +64,10 @@ class OmniSIFT(Compressor):
     #: same budgets: the rollouts of policy-gradient training (`train.policy`; in training mode the scores stay
     #: differentiable and no gates are made); None at inference
     sample_temperature: float | None = None
+    #: with a learned budget split (`budget_split="learned"`): draw each window's audio-share offset from a
+    #: normal distribution around the learned one with this standard deviation (policy rollouts; the
+    #: selection's `log_prob` is the draw's, differentiable); None: the learned offset itself
+    split_noise: float | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.selector, (str, os.PathLike)):
@@ -70,6 +79,8 @@ class OmniSIFT(Compressor):
             raise ValueError(f"omnisift: audio_topk must be 'clip' or 'chunk', got {self.audio_topk!r}")
         if self.sample_temperature is not None and not self.sample_temperature > 0:
             raise ValueError(f"omnisift: sample_temperature must be > 0 (or None: no sampling), got {self.sample_temperature}")
+        if self.split_noise is not None and not self.split_noise > 0:
+            raise ValueError(f"omnisift: split_noise must be > 0 (or None: no sampling), got {self.split_noise}")
         super().__post_init__()
 
     def needs_retention(self) -> bool:
@@ -117,32 +128,66 @@ class OmniSIFT(Compressor):
         gated = training and self.sample_temperature is None
         gate = torch.ones(keep.shape, dtype=torch.float32, device=batch.device) if gated else None
         scores = torch.zeros(keep.shape, dtype=torch.float32, device=batch.device)
+        log_probs = []
         with contextlib.nullcontext() if training else torch.no_grad():
             for b, row in enumerate(batch.layout.rows):
+                log_probs.append(torch.zeros((), device=batch.device))
                 if row.num_tokens == 0:
                     continue
                 frame_budgets, audio_budgets = self._budgets(row)
+                if self.selector.split is not None and self.ratios() is None:
+                    log_probs[b] = self._learned_split(batch.embeds[b], row, frame_budgets, audio_budgets)
+                if self.audio_rule == "clip":
+                    audio_budgets = [[sum(k)] for k in audio_budgets]
                 kept_video = self._video(batch, b, row, frame_budgets, keep, gate, scores, training)
                 self._audio(batch, b, row, audio_budgets, kept_video, keep, gate, scores, training)
-        return Selection(keep=keep, scores=scores, gate=gate)
+        log_prob = torch.stack(log_probs) if self.split_noise is not None and self.selector.split is not None else None
+        return Selection(keep=keep, scores=scores, gate=gate, log_prob=log_prob)
 
     def _budgets(self, row: RowLayout) -> tuple[list[list[int]], list[list[int]]]:
-        """Keep counts per (window, frame) and per (audio clip, window): from the ratios or from `retention`."""
+        """Keep counts per (window, frame) and per (audio clip, window): from the ratios or from `retention`.
+
+        Per window even under the clip rule (select sums a clip's windows): the learned split moves them."""
         ratios = self.ratios()
         clips = row.audio_clips
         if ratios is not None:
             rho_a, rho_v = ratios
             frames = [[f.num_tokens - int(f.num_tokens * rho_v) for f in w.frames] for w in row.windows]
-            per_window = [[w.num_audio - int(w.num_audio * rho_a) for w in s.windows] for s in clips]
-            if self.audio_rule == "chunk":
-                return frames, per_window
-            return frames, [[sum(k)] for k in per_window]
+            return frames, [[w.num_audio - int(w.num_audio * rho_a) for w in s.windows] for s in clips]
         keep_a, keep_v = split_row(row, self.retention, self.selector.config.audio_advantage)
         frames = video_frame_budgets(row.windows, keep_v)
-        per_clip = audio_clip_budgets(row, keep_a)
-        if self.audio_rule == "chunk":
-            return frames, [audio_window_budgets(s.windows, k) for s, k in zip(clips, per_clip)]
-        return frames, [[k] for k in per_clip]
+        return frames, [audio_window_budgets(s.windows, k) for s, k in zip(clips, audio_clip_budgets(row, keep_a))]
+
+    def _learned_split(self, emb: torch.Tensor, row: RowLayout, frames: list[list[int]], audio: list[list[int]]) -> torch.Tensor:
+        """Move each window's budget between its audio and video by the selector's offsets, in place; returns
+        the log-probability of the drawn offsets (0 without `split_noise`)."""
+        where = {id(w): (c, j) for c, s in enumerate(row.audio_clips) for j, w in enumerate(s.windows)}
+        units = [(i, w, *where[id(w)]) for i, w in enumerate(row.windows) if w.num_audio and w.frames and id(w) in where]
+        if not units:
+            return torch.zeros((), device=emb.device)
+        dev = emb.device
+        shares, fractions = [], []
+        for i, w, c, j in units:
+            total = audio[c][j] + sum(frames[i])
+            shares.append(audio[c][j] / total if total else 0.0)
+            fractions.append(total / w.num_tokens)
+        offsets = self.selector.split_offsets(
+            [emb[w.audio.to(dev)].float() for _, w, _, _ in units], [emb[w.video.to(dev)].float() for _, w, _, _ in units],
+            shares, fractions,
+        )
+        drawn, log_prob = offsets, torch.zeros((), device=dev)
+        if self.split_noise is not None:
+            drawn = (offsets + torch.randn_like(offsets) * self.split_noise).detach()
+            sigma = self.split_noise
+            log_prob = (-((drawn - offsets) ** 2) / (2 * sigma**2) - math.log(sigma) - 0.5 * math.log(2 * math.pi)).sum()
+        for (i, w, c, j), offset in zip(units, drawn.tolist()):
+            a, v = shift_split(
+                audio[c][j], sum(frames[i]), offset,
+                audio_cap=w.num_audio, video_cap=w.num_video, video_floor=len(w.frames),
+            )
+            audio[c][j] = a
+            frames[i] = video_frame_budgets([w], v)[0]
+        return log_prob
 
     def _gate(self, scores: torch.Tensor, k: int, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.selector.config

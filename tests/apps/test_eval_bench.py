@@ -69,10 +69,17 @@ def _check_eval_outputs(out: Path, methods: list[str], retentions: list[float]) 
         if m != "none":
             assert abs(row["achieved_retention"] - r) < 0.05
     assert len(result["predictions"]) == 2 * len(rows)
+    assert all(0.0 < r["audio_share"] < 1.0 for r in rows.values())
+    full = {p["id"]: p for p in result["predictions"] if p["method"] == "none"}
+    for p in result["predictions"]:  # the kept counts of a compressed answer never exceed the full input's
+        assert p["audio_kept"] <= full[p["id"]]["audio_kept"] and p["video_kept"] <= full[p["id"]]["video_kept"]
+        if p["method"] != "none":
+            assert p["audio_kept"] + p["video_kept"] < full[p["id"]]["audio_kept"] + full[p["id"]]["video_kept"]
     md = (out / "results.md").read_text()
     assert "| method | " + " | ".join(f"r = {r:g}" for r in sorted(retentions)) + " |" in md
     assert "| full tokens (none) |" in md and "| method | r | n | overall | motion | sound |" in md
     assert "`q3`: video file not found" in md
+    assert "| audio share of kept media |" in md
     _check_png(out / "accuracy.png")
     return result
 

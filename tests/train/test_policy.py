@@ -54,9 +54,10 @@ def test_sampled_selections_keep_the_budgets_and_differ_from_the_greedy_one(froz
     with torch.no_grad(), sift.compress(frozen, OmniSIFT(retention=0.3, selector=selector)) as session:
         frozen(**synth_inputs)
     greedy = session.selection.keep
-    keeps, rewards, scores = sample_rollouts(
-        frozen, lambda t: OmniSIFT(retention=0.3, selector=selector, sample_temperature=t), synth_inputs, labels, 3, 0.1
+    keeps, rewards, scores, budget = sample_rollouts(
+        frozen, OmniSIFT(retention=0.3, selector=selector, sample_temperature=0.1), synth_inputs, labels, 3
     )
+    assert budget is None  # a fixed budget split draws nothing
     assert keeps.shape == scores.shape == (3, *greedy.shape) and rewards.shape == (3, 1)
     assert scores.requires_grad  # the scores each draw came from, for its log-probability
     with sift.compress(frozen, OmniSIFT(retention=0.3, selector=selector, sample_temperature=0.1)) as rollout:
@@ -69,8 +70,8 @@ def test_sampled_selections_keep_the_budgets_and_differ_from_the_greedy_one(froz
             assert int(keep[b, pos].sum()) == int(greedy[b, pos].sum())
         assert torch.equal(keep & ~session.layout.media_mask(), greedy & ~session.layout.media_mask())
     # a vanishing temperature draws the greedy selection
-    tiny_t, _, _ = sample_rollouts(
-        frozen, lambda t: OmniSIFT(retention=0.3, selector=selector, sample_temperature=t), synth_inputs, labels, 1, 1e-9
+    tiny_t, *_ = sample_rollouts(
+        frozen, OmniSIFT(retention=0.3, selector=selector, sample_temperature=1e-9), synth_inputs, labels, 1
     )
     assert torch.equal(tiny_t[0], greedy)
     with pytest.raises(ValueError, match="sample_temperature must be > 0"):
@@ -135,3 +136,52 @@ def test_selector_module_adds_the_policy_term_and_trains_only_the_selector(think
     assert all(p.grad is None for p in module.model.parameters())
     with pytest.raises(ValueError, match="policy_samples"):
         SelectorModule(model="tiny", policy_weight=1.0, policy_samples=0)
+
+
+def test_policy_loss_with_budget_draws_only_moves_the_split_towards_the_draw_that_won():
+    """Keep sets greedy (temperature None), offsets drawn: the loss is -mean(advantage * log N(draw; mu, sigma))."""
+    mu = torch.zeros(1, requires_grad=True)
+    draws = torch.tensor([0.8, -0.8])  # one window, two draws
+    log_probs = (-((draws - mu) ** 2) / 2 - 0.5 * math.log(2 * math.pi))[:, None]  # (S, B) at sigma 1
+    rewards = torch.tensor([[-0.5], [-3.0]])  # the draw with more audio beat greedy (-1), the other lost
+    keeps = torch.zeros(2, 1, 4, dtype=torch.bool)
+    loss = policy_loss(torch.zeros(2, 1, 4), keeps, rewards, torch.tensor([-1.0]), [], None, log_probs)
+    advantage = rewards - (-1.0)
+    assert loss.item() == pytest.approx(-(advantage * log_probs).mean().item())
+    loss.backward()
+    assert mu.grad.item() < 0  # gradient descent raises mu towards the winning draw
+    with pytest.raises(ValueError, match="nothing was sampled"):
+        policy_loss(torch.zeros(2, 1, 4), keeps, rewards, torch.tensor([-1.0]), [], None, None)
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")  # a step outside a Trainer
+def test_selector_module_trains_a_learned_split_by_its_draws_alone(synth_inputs, answer_labels):
+    pytest.importorskip("lightning")
+    from train.module import SelectorModule
+
+    torch.manual_seed(0)
+    module = SelectorModule(model="tiny", selector={"budget_split": "learned"}, policy_weight=1.0, policy_samples=2,
+                            policy_temperature=0.0, policy_split_noise=1.0, retention_range=(0.3, 0.3))
+    module.configure_model()
+    module.train()
+    loss = module.training_step({**synth_inputs, "labels": answer_labels}, 0)
+    loss.backward()
+    assert module.selector.split.mlp[2].bias.grad.abs().item() > 0
+    assert all(p.grad is None for p in module.model.parameters())
+    with pytest.raises(ValueError, match="needs a selector with a learned budget split"):
+        SelectorModule(model="tiny", policy_weight=1.0, policy_split_noise=1.0)
+    with pytest.raises(ValueError, match="samples nothing"):
+        SelectorModule(model="tiny", policy_weight=1.0, policy_temperature=0.0)
+
+
+def test_a_capped_reward_stops_paying_for_confidence_above_the_cap():
+    labels = torch.tensor([[-100, 1, 2]])  # positions 0 and 1 predict labels 1 and 2
+    probs = torch.tensor([[[0.05, 0.95, 0.0], [0.3, 0.3, 0.4], [1.0, 0.0, 0.0]]]) + 1e-12
+    logits = probs.log()
+    plain = answer_log_likelihood(logits, labels, None)
+    assert plain.item() == pytest.approx(math.log(0.95) + math.log(0.4), rel=1e-5)
+    capped = answer_log_likelihood(logits, labels, None, cap=0.9)
+    assert capped.item() == pytest.approx(math.log(0.9) + math.log(0.4), rel=1e-5)  # only the confident label is capped
+    assert answer_log_likelihood(logits, labels, None, cap=1.0).item() == plain.item()
+    with pytest.raises(ValueError, match="cap must be in"):
+        answer_log_likelihood(logits, labels, None, cap=0.0)

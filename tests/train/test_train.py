@@ -596,3 +596,15 @@ def test_selector_training_benchmark_refuses_an_unknown_flag(tmp_path):
     proc = _dry_run(tmp_path, "shrink-3e-3+spacial")
     assert proc.returncode == 2
     assert "unknown variant flag 'spacial' in shrink-3e-3+spacial" in proc.stderr
+
+
+def test_selector_training_benchmark_writes_a_learned_split_run(tmp_path):
+    """+splitS turns the learned budget split on and draws it at S; +ptemp0 leaves the keep sets undrawn; +capP
+    caps the reward."""
+    run = "shrink-3e-3+rank1+policy1+ptemp0+cap0.9+split0.5"
+    proc = _dry_run(tmp_path, run)
+    assert proc.returncode == 0, proc.stderr
+    cfg = _parser().parse_path(str(tmp_path / f"{run}-seed0.yaml"))
+    assert (cfg.model.policy_weight, cfg.model.policy_temperature, cfg.model.policy_split_noise) == (1.0, 0.0, 0.5)
+    assert cfg.model.policy_reward_cap == 0.9
+    assert cfg.model.selector["budget_split"] == "learned" and cfg.model.importance_weight == 1.0
