@@ -198,6 +198,8 @@ class SelectorModule(L.LightningModule):
         self.selector = self._build_selector()
         if policy_split_noise > 0 and self.selector.split is None:
             raise ValueError("policy_split_noise > 0 needs a selector with a learned budget split (selector: {budget_split: learned})")
+        if self.selector.split is not None and not (policy_weight > 0 and policy_split_noise > 0):
+            raise ValueError("a learned budget split trains only through its policy draws: set policy_weight > 0 and policy_split_noise > 0")
 
         self.train_skipped = SumMetric()
         self.val_skipped = SumMetric()
@@ -403,7 +405,9 @@ class SelectorModule(L.LightningModule):
                                       hp.policy_temperature or None, shrink=hp.train_mode == "shrink",
                                       split_noise=hp.policy_split_noise or None, reward_cap=hp.policy_reward_cap)
             loss = loss + self.hparams.policy_weight * policy
-        if not loss.requires_grad:  # nothing was dropped: no gradient path through the gates
+        if not loss.requires_grad or self.selector.split is not None:
+            # nothing was dropped (no gradient path through the gates), or a step whose windows could not move
+            # their split: every trainable parameter stays in the graph (DDP / DeepSpeed reductions in step)
             loss = loss + self._zero_loss()
         if scale != 1.0:
             return loss * scale

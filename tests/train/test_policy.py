@@ -170,6 +170,8 @@ def test_selector_module_trains_a_learned_split_by_its_draws_alone(synth_inputs,
     assert all(p.grad is None for p in module.model.parameters())
     with pytest.raises(ValueError, match="needs a selector with a learned budget split"):
         SelectorModule(model="tiny", policy_weight=1.0, policy_split_noise=1.0)
+    with pytest.raises(ValueError, match="trains only through its policy draws"):
+        SelectorModule(model="tiny", selector={"budget_split": "learned"})
     with pytest.raises(ValueError, match="samples nothing"):
         SelectorModule(model="tiny", policy_weight=1.0, policy_temperature=0.0)
 

@@ -173,7 +173,8 @@ def test_every_config_parses_against_the_code(path):
         assert cfg.model.model == cfg.data.processor == expected[path.stem]
 
 
-@pytest.mark.parametrize("name", ["synthav-selector.yaml", "synthav-v2-selector.yaml", "synthav-v2-selector-policy.yaml"])
+@pytest.mark.parametrize("name", ["synthav-selector.yaml", "synthav-v2-selector.yaml", "synthav-v2-selector-policy.yaml",
+                                  "synthav-v2-selector-split.yaml"])
 def test_selector_training_benchmark_rewrites_the_config_it_documents(name):
     """benchmarks/selector_training.sh rewrites (and reads) these lines with sed: each must exist exactly once."""
     text = (REPO / "configs" / name).read_text()
