@@ -59,6 +59,10 @@ def _window_counts(session, layout):
 def test_an_untrained_split_selects_what_the_fixed_split_selects(thinker, synth_inputs, selectors, rule):
     learned, fixed = selectors
     assert learned.config.budget_split == "learned" and fixed.split is None
+    D = learned.config.hidden_size
+    offsets = learned.split_offsets([torch.randn(5, D), torch.randn(3, D)], [torch.randn(8, D), torch.randn(8, D)],
+                                    [0.3, 0.9], [0.1, 0.5])
+    assert offsets.tolist() == [0.0, 0.0]  # exactly zero until trained, whatever the window holds
     for retention in (0.1, 0.3):
         a = _run(thinker, synth_inputs, OmniSIFT(retention=retention, selector=learned, audio_topk=rule))
         b = _run(thinker, synth_inputs, OmniSIFT(retention=retention, selector=fixed, audio_topk=rule))
