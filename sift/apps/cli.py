@@ -3,6 +3,7 @@
 - `sift demo`: every registered method on the embedded default (tiny model, bundled clip).
 - `sift synthav`: generate the SynthAV benchmark (mp4 clips + question manifests).
 - `sift eval`: multiple-choice accuracy on an audio-visual manifest, every method x retention in one run.
+- `sift compare`: pair two or more eval runs question by question (intervals, McNemar p-values).
 - `sift bench`: encoder / selection / prefill / first-token / decode time, memory and FLOPs per method.
 
 Expected errors (bad options, missing files, bad manifests) print one `sift <command>: error: ...` line and
@@ -116,6 +117,13 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare(args: argparse.Namespace) -> int:
+    from sift.apps.compare import run_compare
+
+    run_compare(args)
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from sift.apps.bench import run_bench
 
@@ -133,7 +141,7 @@ def _lmms_task(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from sift.apps import bench, evaluate
+    from sift.apps import bench, compare, evaluate
 
     parser = argparse.ArgumentParser(prog="sift", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -167,6 +175,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     evaluate.add_arguments(ev).set_defaults(func=_eval)
+    co = sub.add_parser(
+        "compare",
+        help="pair sift eval runs question by question: accuracy intervals and McNemar p-values against a reference",
+        description=compare.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    compare.add_arguments(co).set_defaults(func=_compare)
     be = sub.add_parser(
         "bench",
         help="time encoders, selection, prefill, first token and decode per method x retention",

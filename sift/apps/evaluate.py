@@ -61,7 +61,7 @@ from sift.testbed.catalog import TINY_MODELS
 
 __all__ = [
     "run_eval", "eval_options", "add_arguments", "accuracy", "UsageError", "EvalError", "AnswerLog", "run_settings",
-    "load_model", "prepare", "prepare_prompt", "make_compressor", "generate_reply",
+    "load_model", "prepare", "prepare_prompt", "make_compressor", "generate_reply", "read_answers",
 ]
 
 logger = logging.getLogger(__name__)
@@ -285,7 +285,10 @@ class AnswerLog:
         settings = json.loads(json.dumps(settings))  # as it will read back (tuples -> lists)
         previous = None
         if path.is_file() and path.stat().st_size and not overwrite:
-            previous = _read_answers(path)
+            try:
+                previous = read_answers(path)
+            except UsageError as e:
+                raise UsageError(f"{e}; move it or choose another --out") from None
         if previous is not None and not resume and previous[1]:
             raise UsageError(
                 f"{path} already holds {len(previous[1])} answers of an earlier run: pass --resume to continue it "
@@ -319,7 +322,7 @@ class AnswerLog:
         self._file.close()
 
 
-def _read_answers(path: Path) -> tuple[dict[str, Any], dict[Key, dict[str, Any]]]:
+def read_answers(path: Path) -> tuple[dict[str, Any], dict[Key, dict[str, Any]]]:
     """(settings, answers by key; the last line of a key wins) of an answers file; half-written lines are ignored."""
     lines = path.read_text(encoding="utf-8").splitlines()
     try:
@@ -328,7 +331,7 @@ def _read_answers(path: Path) -> tuple[dict[str, Any], dict[Key, dict[str, Any]]
     except (ValueError, KeyError, TypeError, AttributeError):
         settings = None
     if not isinstance(settings, dict):
-        raise UsageError(f"{path} is not a sift eval answers file (format {ANSWERS_FORMAT}); move it or choose another --out")
+        raise UsageError(f"{path} is not a sift eval answers file (format {ANSWERS_FORMAT})")
     answers: dict[Key, dict[str, Any]] = {}
     for lineno, line in enumerate(lines[1:], start=2):
         if not line.strip():
